@@ -1,0 +1,115 @@
+"""Compositing an eggplant into a region: the ground truth of the restoration track.
+
+The region's own pixels never survive into the GT: the mask is first filled from its surroundings
+(OpenCV Telea inpainting), then the sprite goes on top. Otherwise pixels the sprite does not cover would
+teach the model to undo the mosaic, which is exactly what must not happen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+INPAINT_MAX_SIDE = 96  # the fill is smooth by nature; inpainting a downscaled crop costs far less
+
+
+class SpriteError(FileNotFoundError):
+    pass
+
+
+def load_sprites(source: str, emoji_png: str | Path) -> list[np.ndarray]:
+    """RGBA float32 sprites in [0, 1]: the provisioned emoji, or every PNG in a user folder."""
+    paths = [Path(emoji_png)] if source == "emoji" else sorted(Path(source).glob("*.png"))
+    if source == "emoji" and not paths[0].is_file():
+        raise SpriteError(f"{paths[0]}: eggplant emoji not provisioned; run `make setup`")
+    if source != "emoji" and not paths:
+        raise SpriteError(f"{source}: eggplant.sprites names a folder with no PNG sprites")
+    sprites = []
+    for path in paths:
+        image = Image.open(path).convert("RGBA")
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        ys, xs = np.nonzero(arr[..., 3] > 0.01)
+        if len(ys) == 0:
+            raise SpriteError(f"{path}: sprite is fully transparent")
+        sprites.append(arr[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].copy())
+    return sprites
+
+
+def soften_alpha(sprite: np.ndarray, edge_feather: float) -> np.ndarray:
+    out = sprite.copy()
+    sigma = edge_feather * min(sprite.shape[:2]) / 2
+    if sigma > 0.3:
+        out[..., 3] = cv2.GaussianBlur(out[..., 3], (0, 0), sigma) * (sprite[..., 3] > 0)
+    return out
+
+
+def fill_region(frame: np.ndarray, mask: np.ndarray, bbox) -> None:
+    """In place: replace the masked pixels inside `bbox` (x0, y0, x1, y1, with context) by an inpainted fill."""
+    x0, y0, x1, y1 = bbox
+    crop, m = frame[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    if not m.any():
+        return
+    h, w = m.shape
+    scale = min(1.0, INPAINT_MAX_SIDE / max(h, w))
+    small = cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    small_m = cv2.resize(m, small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    small_m = cv2.dilate(small_m, np.ones((3, 3), np.uint8))
+    filled = cv2.inpaint(small, small_m, 3, cv2.INPAINT_TELEA)
+    big = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
+    sel = m > 0
+    crop[sel] = big[sel]
+
+
+class EggplantCompositor:
+    """Composites one sprite along one scene's smoothed regions, with a temporally smoothed colour match."""
+
+    def __init__(self, sprite: np.ndarray, fill: float, color_match: float, edge_feather: float):
+        self.sprite = soften_alpha(sprite, edge_feather)
+        opaque = self.sprite[..., 3] > 0.5
+        self.sprite_mean = self.sprite[..., :3][opaque].mean(axis=0)
+        self.fill, self.color_match = fill, color_match
+        self._ring_mean: np.ndarray | None = None
+
+    def _surroundings(self, frame: np.ndarray, region) -> np.ndarray:
+        x0, y0, x1, y1 = region
+        h, w = frame.shape[:2]
+        m = max(2, (x1 - x0) // 4)
+        outer = frame[max(0, y0 - m) : min(h, y1 + m), max(0, x0 - m) : min(w, x1 + m)].astype(np.float32)
+        total = outer.reshape(-1, 3).sum(axis=0) - frame[y0:y1, x0:x1].astype(np.float32).reshape(-1, 3).sum(axis=0)
+        count = outer.shape[0] * outer.shape[1] - (y1 - y0) * (x1 - x0)
+        mean = total / max(1, count) / 255.0
+        # An exponential average keeps the tint from flickering with every frame's content.
+        self._ring_mean = mean if self._ring_mean is None else 0.85 * self._ring_mean + 0.15 * mean
+        return self._ring_mean
+
+    def composite(self, frame: np.ndarray, region, mask: np.ndarray) -> np.ndarray:
+        out = frame.copy()
+        x0, y0, x1, y1 = region
+        h, w = frame.shape[:2]
+        ring = self._surroundings(frame, region)
+        m = max(4, (x1 - x0) // 3)
+        fill_region(out, mask, (max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)))
+        rw, rh = x1 - x0, y1 - y0
+        sh, sw = self.sprite.shape[:2]
+        scale = min(rw / sw, rh / sh) * self.fill
+        tw, th = max(1, round(sw * scale)), max(1, round(sh * scale))
+        sprite = cv2.resize(self.sprite, (tw, th), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        gain = 1.0 + self.color_match * (ring / np.maximum(self.sprite_mean, 1e-3) - 1.0)
+        rgb = np.clip(sprite[..., :3] * gain, 0, 1)
+        alpha = sprite[..., 3:4]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        px, py = int(round(cx - tw / 2)), int(round(cy - th / 2))
+        # Clip the paste rectangle to the frame.
+        sx0, sy0 = max(0, -px), max(0, -py)
+        dx0, dy0 = max(0, px), max(0, py)
+        dx1, dy1 = min(w, px + tw), min(h, py + th)
+        if dx1 <= dx0 or dy1 <= dy0:
+            return out
+        rgb = rgb[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
+        alpha = alpha[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
+        base = out[dy0:dy1, dx0:dx1].astype(np.float32) / 255.0
+        out[dy0:dy1, dx0:dx1] = np.round((rgb * alpha + base * (1 - alpha)) * 255).astype(np.uint8)
+        return out

@@ -1,0 +1,229 @@
+"""Video IO over PyAV (FFmpeg): probing, decoding to display-oriented RGB frames, and atomic encoding.
+
+Every video this project writes goes through `VideoWriter`, so codec settings live in one place and a
+killed writer never leaves a playable-looking half file behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from assets.atomic import atomic_path
+
+
+class VideoError(RuntimeError):
+    """A video cannot be read; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    fps: float
+    fps_fraction: str
+    frames: int
+    width: int  # display width (after rotation)
+    height: int
+    codec: str
+    pix_fmt: str
+    duration_s: float
+    rotation: int  # degrees clockwise that a player applies to show the frame upright
+    has_audio: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _clockwise_rotation(frame: av.VideoFrame) -> int:
+    # PyAV reports the display matrix angle counter-clockwise; players rotate clockwise by its negative.
+    ccw = int(round(getattr(frame, "rotation", 0) or 0))
+    return (-ccw) % 360
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 0:
+        return image
+    return np.ascontiguousarray(np.rot90(image, k=-(rotation // 90)))
+
+
+def probe_video(path: str | Path) -> VideoProbe:
+    """Open, demux every packet and decode the first frame; raise VideoError with the reason if any fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{path}: not a readable video container ({err.strerror or err})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: contains no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise VideoError(f"{path}: frame rate is unknown")
+        first = None
+        packets = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                packets += 1
+                if first is None:
+                    for frame in packet.decode():
+                        first = frame
+                        break
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: stream is corrupt or truncated after {packets} packets ({err})") from None
+        if first is None:
+            raise VideoError(f"{path}: no frame could be decoded from {packets} packets")
+        rotation = _clockwise_rotation(first)
+        width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        fps = float(rate)
+        return VideoProbe(
+            fps=fps,
+            fps_fraction=f"{rate.numerator}/{rate.denominator}",
+            frames=packets,
+            width=width,
+            height=height,
+            codec=stream.codec_context.name,
+            pix_fmt=first.format.name,
+            duration_s=packets / fps,
+            rotation=rotation,
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def read_frames(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Yield upright RGB uint8 frames [start, stop); grayscale sources come back as 3 equal channels."""
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{path}: not a readable video container ({err})") from None
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                if stop is not None and index >= stop:
+                    break
+                if index >= start:
+                    yield _upright(frame.to_ndarray(format="rgb24"), _clockwise_rotation(frame))
+                index += 1
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: decoding failed at frame {index} ({err})") from None
+
+
+def read_gray_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Yield single-channel uint8 frames (mask videos)."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            yield frame.to_ndarray(format="gray")
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    codec: str = "libx264"
+    crf: int = 15
+    preset: str = "medium"
+    pix_fmt: str = "yuv444p"
+    threads: int = 2
+
+
+# Lada writes its mask videos losslessly with FFV1 in Matroska; so do we.
+MASK_ENCODER = EncoderSettings(codec="ffv1", crf=0, preset="", pix_fmt="gray", threads=1)
+
+
+def _fps_fraction(fps: float | Fraction | str) -> Fraction:
+    if isinstance(fps, str):
+        return Fraction(fps)
+    return Fraction(fps).limit_denominator(1001)
+
+
+class VideoWriter:
+    """Encode frames to `path` atomically: the file appears only when `close()` succeeds."""
+
+    def __init__(self, path: str | Path, fps: float | Fraction | str, settings: EncoderSettings = EncoderSettings()):
+        self.path = Path(path)
+        self.fps = _fps_fraction(fps)
+        self.settings = settings
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        fmt = "matroska" if self.path.suffix == ".mkv" else "mp4"
+        self._container = av.open(str(self._tmp), mode="w", format=fmt)
+        # No creation_time or encoder version strings that change from run to run.
+        self._container.metadata.clear()
+        self._stream = None
+        self.frames = 0
+
+    def _open_stream(self, height: int, width: int) -> None:
+        s = self.settings
+        stream = self._container.add_stream(s.codec, rate=self.fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = s.pix_fmt
+        options = {"threads": str(s.threads)}
+        if s.codec == "libx264":
+            options.update({"crf": str(s.crf), "preset": s.preset})
+        elif s.codec == "ffv1":
+            options.update({"level": "3"})
+        elif s.codec == "h264_nvenc":
+            options.update({"cq": str(s.crf)})
+        stream.codec_context.options = options
+        stream.codec_context.thread_count = s.threads
+        self._stream = stream
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._stream is None:
+            self._open_stream(frame.shape[0], frame.shape[1])
+        if frame.ndim == 2:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="gray")
+        else:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        try:
+            if self._stream is None:
+                raise VideoError(f"{self.path}: no frames were written")
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except BaseException as err:
+            self._abort(err)
+            raise
+        self._ctx.__exit__(None, None, None)
+
+    def _abort(self, err: BaseException) -> None:
+        try:
+            self._container.close()
+        except Exception:
+            pass
+        self._ctx.__exit__(type(err), err, err.__traceback__)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._abort(exc)
+
+
+def write_video(path: str | Path, frames, fps, settings: EncoderSettings = EncoderSettings()) -> int:
+    with VideoWriter(path, fps, settings) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.frames

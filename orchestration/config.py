@@ -1,0 +1,307 @@
+"""The typed schema of params.yaml, and the one switch between the embedded CPU default and the full recipe.
+
+params.yaml holds the full GPU recipe as its body. Its `profiles:` section holds small overlays; the
+top-level `profile:` key picks one of them ("full" applies none). So the embedded default is one
+documented switch away from the full recipe (`dvc exp run -S profile=full`, or edit the key) and the
+two can never drift apart as two copies of the file would.
+
+Every model here forbids unknown keys, so a typo is an error that names the key, not a silently
+ignored knob.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) is not valid; the message names key, value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
+    low, high = value
+    if low > high:
+        raise ValueError(f"{name} range must be [low, high] with low <= high, got [{low}, {high}]")
+    return value
+
+
+class DataParams(_Strict):
+    """`raw_clips`: where clips come from and which ones are accepted."""
+
+    raw_dir: str = "data/raw"
+    extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+    min_frames: PositiveInt = 8
+    max_frames: PositiveInt = 200_000
+    min_side: PositiveInt = 32
+    max_side: PositiveInt = 8192
+    min_fps: Annotated[float, Field(gt=0)] = 5.0
+    max_fps: Annotated[float, Field(gt=0)] = 240.0
+    max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    workers: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DataParams":
+        for low, high in (("min_frames", "max_frames"), ("min_side", "max_side"), ("min_fps", "max_fps")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must not exceed {high} ({getattr(self, high)})")
+        return self
+
+
+class DetectionParams(_Strict):
+    """`region_tracks`: which offline detector finds faces and plates."""
+
+    faces: Literal["yunet", "haar", "none"] = "yunet"
+    plates: Literal["haar", "none"] = "haar"
+    yunet_model: str = "data/models/yunet/face_detection_yunet_2023mar.onnx"
+    face_score_threshold: Fraction = 0.7
+    haar_min_neighbors: PositiveInt = 5
+    plate_min_neighbors: PositiveInt = 4
+    max_side: PositiveInt = 640
+    every_n_frames: PositiveInt = 1
+    min_box_size: PositiveInt = 12
+    sidecar_suffix: str = ".coco.json"
+
+
+class TrackingParams(_Strict):
+    """`region_tracks`: association across frames, smoothing and scene cutting."""
+
+    iou_threshold: Fraction = 0.25
+    max_gap_frames: Annotated[int, Field(ge=0)] = 6
+    smoothing_seconds: Annotated[float, Field(ge=0)] = 1.0
+    min_scene_frames: PositiveInt = 12
+    max_scene_frames: PositiveInt = 180
+    box_margin: Annotated[float, Field(ge=0, le=2)] = 0.15
+    crop_margin: Annotated[float, Field(ge=0, le=2)] = 0.4
+    mask_shape: Literal["ellipse", "rect"] = "ellipse"
+
+    @model_validator(mode="after")
+    def _scene_lengths(self) -> "TrackingParams":
+        if self.min_scene_frames > self.max_scene_frames:
+            raise ValueError(
+                f"min_scene_frames ({self.min_scene_frames}) must not exceed max_scene_frames ({self.max_scene_frames})"
+            )
+        return self
+
+
+class EggplantParams(_Strict):
+    """`eggplant_gt`: the sprite and how it is composited."""
+
+    sprites: str = "emoji"  # "emoji" (Noto U+1F346, provisioned at set-up) or a folder of RGBA PNGs
+    emoji_png: str = "data/media/eggplant/emoji_u1f346.png"
+    fill: Annotated[float, Field(gt=0, le=1.5)] = 1.0
+    color_match: Fraction = 0.35
+    edge_feather: Fraction = 0.08
+
+
+MosaicMode = Literal["square_mid", "square_avg", "rect_avg"]
+
+
+class DegradeParams(_Strict):
+    """Optional LQ degradation; off in the Stage 1 recipe (`degrade=False`)."""
+
+    enabled: bool = False
+    crf: tuple[int, int] = (18, 32)
+    blur_sigma: tuple[float, float] = (0.0, 1.0)
+    noise_sigma: tuple[float, float] = (0.0, 3.0)
+
+    @field_validator("crf", "blur_sigma", "noise_sigma")
+    @classmethod
+    def _pairs(cls, value, info):
+        return _ordered_pair(value, info.field_name)
+
+    @field_validator("crf")
+    @classmethod
+    def _crf_bounds(cls, value):
+        if not (0 <= value[0] <= 51 and 0 <= value[1] <= 51):
+            raise ValueError(f"crf must lie in [0, 51], got {list(value)}")
+        return value
+
+
+class MosaicParams(_Strict):
+    """`mosaic_lq`: a Lada-style mosaic of the original content."""
+
+    modes: tuple[MosaicMode, ...] = ("square_mid", "square_avg", "rect_avg")
+    block_size_scale: tuple[float, float] = (0.8, 1.2)
+    min_block_size: PositiveInt = 4
+    rect_ratio: tuple[float, float] = (1.0, 1.6)
+    feather: tuple[float, float] = (0.0, 0.25)
+    degrade: DegradeParams = DegradeParams()
+
+    @field_validator("block_size_scale", "rect_ratio", "feather")
+    @classmethod
+    def _pairs(cls, value, info):
+        return _ordered_pair(value, info.field_name)
+
+    @field_validator("modes")
+    @classmethod
+    def _non_empty(cls, value):
+        if not value:
+            raise ValueError("at least one mosaic mode is required")
+        return value
+
+
+class DatasetParams(_Strict):
+    """`restoration_dataset` and the encoding of every video the lineage writes."""
+
+    root: str = "data/datasets/restoration"
+    val_fraction: Fraction = 0.25
+    codec: str = "libx264"
+    crf: Annotated[int, Field(ge=0, le=51)] = 12
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+    # x264 output is deterministic for a fixed thread count; pinning it keeps DVC and Dagster byte-identical.
+    encoder_threads: PositiveInt = 2
+
+
+class Stage1Params(_Strict):
+    """Restoration Stage 1 (pixel loss), defaults = the eggplant fine-tuning recipe."""
+
+    degrade: bool = False
+    random_mosaic_params: bool = False
+    num_frame: PositiveInt = 12
+    batch_size: PositiveInt = 1
+    max_iters: PositiveInt = 3000
+    log_interval: PositiveInt = 10
+    checkpoint_interval: PositiveInt = 500
+    lr: Annotated[float, Field(gt=0)] = 5e-5
+    lr_mult: dict[str, Annotated[float, Field(ge=0)]] = {
+        "spynet": 0.0,
+        "feat_extract": 0.0,
+        "deform_align": 0.0,
+        "backbone": 0.0,
+    }
+    lq_size: PositiveInt = 256
+    mid_channels: PositiveInt = 64
+    num_blocks: PositiveInt = 15
+    load_from: str | None = "weights/lada_mosaic_restoration_model_generic_v1.2.pth"
+    load_from_sha256: str | None = None
+
+
+class Stage2Params(_Strict):
+    """Restoration Stage 2 (GAN + perceptual polish), defaults = the recipe."""
+
+    enabled: bool = True
+    lr_generator: Annotated[float, Field(gt=0)] = 2e-5
+    lr_discriminator: Annotated[float, Field(gt=0)] = 5e-5
+    perceptual_weight: Annotated[float, Field(ge=0)] = 0.05
+    gan_loss_weight: Annotated[float, Field(ge=0)] = 0.02
+    max_iters: PositiveInt = 5000
+    checkpoint_interval: PositiveInt = 500
+    vgg19_weights: str | None = "weights/vgg19-dcbb9e9d.pth"
+
+
+class RestorationParams(_Strict):
+    stage1: Stage1Params = Stage1Params()
+    stage2: Stage2Params = Stage2Params()
+
+
+class TrackingServerParams(_Strict):
+    """MLflow. `uri: null` = SQLite store and artifact folder inside the project."""
+
+    uri: str | None = None
+    artifact_dir: str = "mlartifacts"
+    enabled: bool = True
+
+
+class Params(_Strict):
+    profile: str = "embedded"
+    seed: int = 1234
+    data: DataParams = DataParams()
+    detection: DetectionParams = DetectionParams()
+    tracking: TrackingParams = TrackingParams()
+    eggplant: EggplantParams = EggplantParams()
+    mosaic: MosaicParams = MosaicParams()
+    dataset: DatasetParams = DatasetParams()
+    restoration: RestorationParams = RestorationParams()
+    mlflow: TrackingServerParams = TrackingServerParams()
+
+
+def _deep_merge(base: dict, overlay: dict, prefix: str = "") -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value, f"{prefix}{key}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_error(err: ValidationError, source: str, raw: dict) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check the spelling against params.yaml)")
+            continue
+        value = item.get("input")
+        allowed = item.get("ctx", {}).get("expected")
+        message = item["msg"]
+        detail = f"  - {key} = {value!r}: {message}"
+        if allowed and allowed not in message:
+            detail += f" (allowed: {allowed})"
+        lines.append(detail)
+    return "\n".join(lines)
+
+
+def resolve_profile(raw: dict, source: str = "params.yaml") -> dict:
+    """Apply `profiles[profile]` over the body; "full" (or a profile with no overlay) applies nothing."""
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    profile = raw.get("profile", "embedded")
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{source}: profiles must be a mapping of name -> overrides, got {type(profiles).__name__}")
+    if profile == "full":
+        return raw
+    if profile not in profiles:
+        allowed = ", ".join(["full", *sorted(profiles)])
+        raise ConfigError(f"{source}: profile = {profile!r} is not defined (allowed: {allowed})")
+    return _deep_merge(raw, profiles[profile] or {})
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    resolved = resolve_profile(raw, source)
+    try:
+        return Params.model_validate(resolved)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source, resolved)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml. `overrides` uses dotted keys ("tracking.iou_threshold": 0.4)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_params(raw, str(path))
+
+
+def section(params: Params, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
