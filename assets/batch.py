@@ -1,0 +1,49 @@
+"""Per-clip work, isolated: one clip's failure is recorded and the batch goes on; clips may run in parallel."""
+
+from __future__ import annotations
+
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from tqdm import tqdm
+
+
+@dataclass
+class ClipOutcome:
+    clip_id: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+def _run_one(fn: Callable, clip_id: str, args: tuple) -> ClipOutcome:
+    try:
+        return ClipOutcome(clip_id, True, fn(*args))
+    except Exception as err:  # noqa: BLE001 - isolation is the point: record and continue
+        detail = f"{type(err).__name__}: {err}"
+        if not isinstance(err, (OSError, ValueError, RuntimeError)):
+            detail += "\n" + traceback.format_exc(limit=3)
+        return ClipOutcome(clip_id, False, error=detail)
+
+
+def map_clips(fn: Callable, jobs: Iterable[tuple[str, tuple]], workers: int = 1, desc: str = "clips") -> list[ClipOutcome]:
+    """Run `fn(*args)` for each (clip_id, args); results come back in job order whatever the worker count."""
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=None)
+    outcomes: list[ClipOutcome] = []
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for clip_id, args in jobs:
+                outcomes.append(_run_one(fn, clip_id, args))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_run_one, fn, clip_id, args) for clip_id, args in jobs]
+                for future in futures:
+                    outcomes.append(future.result())
+                    bar.update()
+    finally:
+        bar.close()
+    return outcomes

@@ -1,0 +1,85 @@
+"""`restoration_dataset`: GT crops, LQ crops and masks arranged in Lada's version-2 layout, split into
+`train/` and `val/` by source clip, with one meta JSON per scene."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+from assets.atomic import write_text
+from assets.lada_meta import (
+    GT_DIR, LQ_DIR, LQ_MASK_DIR, MASK_DIR, META_DIR, SPLITS, dump_record, meta_record, scene_name,
+)
+from assets.region_tracks import load_clip_tracks
+from assets.video import probe_video
+
+
+def split_clips(clip_ids: list[str], val_fraction: float) -> dict[str, str]:
+    """Deterministic split by source clip: a clip's side depends only on its id (a hash against the
+    fraction), so adding clips never moves old ones. With two or more clips, at least one is val and one train."""
+    ranks = {c: int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], "big") / 2**64 for c in clip_ids}
+    split = {c: ("val" if ranks[c] < val_fraction else "train") for c in clip_ids}
+    if len(clip_ids) >= 2 and val_fraction > 0:
+        ordered = sorted(clip_ids, key=ranks.get)
+        if "val" not in split.values():
+            split[ordered[0]] = "val"
+        if "train" not in split.values():
+            split[ordered[-1]] = "train"
+    return split
+
+
+def assemble(
+    clip_ids: list[str], tracks_dir: Path, gt_dir: Path, lq_dir: Path, out_root: Path, val_fraction: float
+) -> list[dict]:
+    """Write the layout under `out_root` (expected empty) and return one index row per scene."""
+    for split in SPLITS:
+        for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
+            (out_root / split / sub).mkdir(parents=True, exist_ok=True)
+    splits = split_clips(clip_ids, val_fraction)
+    rows = []
+    for clip_id in clip_ids:
+        record = load_clip_tracks(tracks_dir, clip_id)
+        mosaic_params = json.loads((lq_dir / clip_id / "mosaic_params.json").read_text())
+        root = out_root / splits[clip_id]
+        for scene in record["scenes"]:
+            stem = scene_name(clip_id, scene.id)
+            sources = {
+                GT_DIR: gt_dir / clip_id / f"{stem}.mp4",
+                MASK_DIR: tracks_dir / "masks" / clip_id / f"{stem}.mkv",
+                LQ_DIR: lq_dir / clip_id / f"{stem}.mp4",
+                LQ_MASK_DIR: lq_dir / clip_id / f"{stem}-mask.mkv",
+            }
+            counts = {}
+            for sub, src in sources.items():
+                ext = src.suffix
+                shutil.copyfile(src, root / sub / f"{stem}{ext}")
+                counts[sub] = probe_video(src).frames
+            params = mosaic_params[stem]
+            meta = meta_record(
+                name=clip_id, fps=record["fps"], frames_count=scene.frames,
+                orig_shape=(record["height"], record["width"]), scene_shape=scene.scene_shape,
+                block_sizes=params["base_mosaic_block_size"], pads=scene.pads, file_stem=stem, mosaic=params["mosaic"],
+            )
+            write_text(root / META_DIR / f"{stem}.json", dump_record(meta))
+            rows.append({
+                "split": splits[clip_id], "name": stem, "clip_id": clip_id, "kind": scene.kind,
+                "frames_count": scene.frames, "gt_frames": counts[GT_DIR], "mask_frames": counts[MASK_DIR],
+                "lq_frames": counts[LQ_DIR], "lq_mask_frames": counts[LQ_MASK_DIR],
+                "scene_h": scene.scene_shape[0], "scene_w": scene.scene_shape[1],
+                "mosaic_mode": params["mosaic"]["mod"], "mosaic_size": params["mosaic"]["mosaic_size"],
+            })
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {"scenes": len(rows), "frames": sum(r["frames_count"] for r in rows)}
+    for split in SPLITS:
+        picked = [r for r in rows if r["split"] == split]
+        out[f"{split}_scenes"] = len(picked)
+        out[f"{split}_frames"] = sum(r["frames_count"] for r in picked)
+        out[f"{split}_clips"] = len({r["clip_id"] for r in picked})
+    out["mean_scene_frames"] = math.floor(out["frames"] / max(1, len(rows)))
+    return out

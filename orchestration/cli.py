@@ -1,0 +1,135 @@
+"""`aubergine`: the user-facing command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+app = typer.Typer(help="aubergine: train and ship privacy-replacement models.", no_args_is_help=True, add_completion=False)
+params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
+tracking_app = typer.Typer(help="MLflow tracking store.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Restoration datasets (Lada version-2 layout).", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+app.add_typer(tracking_app, name="tracking")
+app.add_typer(dataset_app, name="dataset")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load(path: Path, profile: str | None = None):
+    from orchestration.config import ConfigError, load_params
+
+    try:
+        return load_params(path, {"profile": profile} if profile else None)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _known_errors():
+    from assets.eggplant import SpriteError
+    from assets.lada_meta import DatasetFormatError
+    from assets.raw_clips import RawFolderError
+    from assets.weights import WeightsError
+    from orchestration.lineage import StageInputError
+
+    return (StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError)
+
+
+@app.command("stage")
+def stage_cmd(
+    names: Annotated[list[str], typer.Argument(help="stage names, run in the order given")],
+    params: ParamsOpt = Path("params.yaml"),
+    orchestrator: Annotated[str, typer.Option(help="recorded on the MLflow run: cli, dvc or dagster")] = "cli",
+) -> None:
+    """Run stages of the lineage (what `dvc repro` and Dagster call)."""
+    from orchestration.runner import run_stage
+    from orchestration.stages import BY_NAME
+
+    for name in names:
+        if name not in BY_NAME:
+            _fail(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}")
+    p = _load(params)
+    for name in names:
+        try:
+            report = run_stage(name, p, orchestrator=orchestrator)
+        except _known_errors() as err:
+            _fail(str(err))
+        summary = {k: v for k, v in report.output.metadata.items() if not isinstance(v, str) or len(v) < 200}
+        typer.echo(json.dumps({"stage": name, "seconds": round(report.seconds, 2), "mlflow_run_id": report.mlflow_run_id, **summary}))
+
+
+@app.command("lineage")
+def lineage_cmd(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Run every stage of the data lineage in order, without an orchestrator."""
+    from orchestration.stages import topological
+
+    stage_cmd([s.name for s in topological()], params)
+
+
+@app.command("dvc-yaml")
+def dvc_yaml_cmd(check: Annotated[bool, typer.Option(help="fail if dvc.yaml differs from the stage table")] = False) -> None:
+    """Generate dvc.yaml from the stage table."""
+    from orchestration import dvc
+
+    if check:
+        if not dvc.DVC_YAML.is_file() or dvc.DVC_YAML.read_text() != dvc.render():
+            _fail("dvc.yaml is out of date with orchestration/stages.py; run `aubergine dvc-yaml`")
+        typer.echo("dvc.yaml is up to date")
+        return
+    typer.echo("dvc.yaml written" if dvc.write() else "dvc.yaml unchanged")
+
+
+@params_app.command("check")
+def params_check(params: ParamsOpt = Path("params.yaml"), profile: Optional[str] = None) -> None:
+    """Validate params.yaml (and a profile) and say which recipe is active."""
+    p = _load(params, profile)
+    typer.echo(f"{params}: valid (profile: {p.profile})")
+
+
+@params_app.command("show")
+def params_show(params: ParamsOpt = Path("params.yaml"), profile: Optional[str] = None) -> None:
+    """Print the resolved parameters: the body with the active profile's overlay applied."""
+    p = _load(params, profile)
+    typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
+
+
+@tracking_app.command("init")
+def tracking_init(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Create the MLflow store once (parallel first writers would race on the SQLite migration)."""
+    from orchestration.tracking import init_store
+
+    typer.echo(f"tracking store ready: {init_store(_load(params))}")
+
+
+@dataset_app.command("inspect")
+def dataset_inspect(root: Path, split: Annotated[str, typer.Option()] = "train") -> None:
+    """Read a restoration dataset (ours or Lada's) with the reader and print one line per scene."""
+    from assets.lada_meta import RestorationDataset
+
+    try:
+        dataset = RestorationDataset(root, split)
+    except _known_errors() as err:
+        _fail(str(err))
+    for item in dataset:
+        m = item.meta
+        typer.echo(json.dumps({"meta": item.meta_path.name, "frames": m["frames_count"], "scene_shape": m["scene_shape"],
+                               "orig_shape": m["orig_shape"], "mosaic": m["mosaic"]}))
+    typer.echo(f"{len(dataset)} scenes in {root}/{split}", err=True)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

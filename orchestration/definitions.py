@@ -1,0 +1,158 @@
+"""Dagster definitions, generated from the stage table: one asset per stage, plus asset checks.
+
+`dagster dev` (or `dagster-webserver`) from the repository root finds this module through
+`[tool.dagster]` in pyproject.toml. Every asset calls `run_stage`, the same entry point that `dvc repro`
+runs, so both engines produce the same files.
+"""
+
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.config import ConfigError, Params, load_params
+from orchestration.runner import run_stage
+from orchestration.stages import STAGES, Stage
+
+MAX_INLINE_IMAGES = 4
+
+
+class AubergineParams(dg.ConfigurableResource):
+    """Where the knobs come from; point `path` at another params file to materialize a variant."""
+
+    path: str = "params.yaml"
+
+    def load(self) -> Params:
+        try:
+            return load_params(self.path)
+        except ConfigError as err:
+            raise dg.Failure(description=str(err)) from None
+
+
+def _metadata_value(value):
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        return dg.MetadataValue.float(value)
+    if isinstance(value, str) and "\n" in value:
+        return dg.MetadataValue.md("```\n" + value + "\n```")
+    return dg.MetadataValue.text(str(value))
+
+
+def _image_markdown(images: dict[str, Path]) -> str:
+    parts = []
+    for label, path in list(images.items())[:MAX_INLINE_IMAGES]:
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"**{label}**\n\n![{label}](data:image/png;base64,{encoded})")
+    if len(images) > MAX_INLINE_IMAGES:
+        parts.append(f"… and {len(images) - MAX_INLINE_IMAGES} more under `{Path(next(iter(images.values()))).parent}`")
+    return "\n\n".join(parts)
+
+
+def build_asset(st: Stage) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=st.name,
+        group_name=st.group,
+        description=st.description,
+        deps=[dg.AssetKey(u) for u in st.upstream],
+        kinds=set(st.kinds),
+        tags={"track": st.track},
+        metadata={"outs": dg.MetadataValue.json(list(st.outs)), "params": dg.MetadataValue.json(list(st.params))},
+    )
+    def _asset(context: dg.AssetExecutionContext, params: AubergineParams) -> dg.MaterializeResult:
+        report = run_stage(st.name, params.load(), orchestrator="dagster", run_id=context.run_id)
+        meta = {k: _metadata_value(v) for k, v in report.output.metadata.items()}
+        meta["duration_s"] = dg.MetadataValue.float(round(report.seconds, 2))
+        meta["input_hash"] = dg.MetadataValue.text(report.output.input_hash)
+        if report.mlflow_run_id:
+            meta["mlflow_run_id"] = dg.MetadataValue.text(report.mlflow_run_id)
+            meta["mlflow_run"] = dg.MetadataValue.text(report.mlflow_run_url or "")
+        if report.output.images:
+            meta["contact_sheets"] = dg.MetadataValue.md(_image_markdown(report.output.images))
+            meta["contact_sheet_files"] = dg.MetadataValue.json({k: str(v) for k, v in report.output.images.items()})
+        for path in report.output.files:
+            meta[f"file:{path.name}"] = dg.MetadataValue.path(str(path))
+        return dg.MaterializeResult(metadata=meta)
+
+    return _asset
+
+
+def _outcome_result(outcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=outcome.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "suite": outcome.suite,
+            "rows": outcome.rows,
+            "expectations": outcome.evaluated,
+            "failed": dg.MetadataValue.json(outcome.failed),
+        },
+    )
+
+
+@dg.asset_check(asset="raw_clips", blocking=True, description="Great Expectations suite over the clip manifest: "
+                "unique ids, known statuses, a reason for every quarantine, accepted clips within the configured ranges.")
+def raw_clips_manifest_expectations(params: AubergineParams) -> dg.AssetCheckResult:
+    from orchestration.expectations import validate_raw_clips_manifest
+    from orchestration.lineage import RAW_CLIPS
+
+    manifest = json.loads((RAW_CLIPS / "manifest.json").read_text())
+    return _outcome_result(validate_raw_clips_manifest(manifest, params.load().data))
+
+
+@dg.asset_check(asset="restoration_dataset", blocking=True, description="Great Expectations suite over the dataset "
+                "index: unique scene names, train/val only, GT/LQ/mask frame counts equal frames_count.")
+def restoration_dataset_expectations() -> dg.AssetCheckResult:
+    from orchestration.expectations import validate_restoration_index
+    from orchestration.lineage import RESTORATION_DATASET
+
+    rows = json.loads((RESTORATION_DATASET / "index.json").read_text())["scenes"]
+    return _outcome_result(validate_restoration_index(rows))
+
+
+@dg.asset_check(asset="restoration_dataset", description="The reader loads both splits: every version-2 field "
+                "present with the right type, relative paths resolve.")
+def restoration_dataset_readable() -> dg.AssetCheckResult:
+    from assets.lada_meta import DatasetFormatError, RestorationDataset
+    from orchestration.lineage import RESTORATION_DATASET
+
+    counts = {}
+    try:
+        for split in ("train", "val"):
+            counts[split] = len(RestorationDataset(RESTORATION_DATASET, split))
+    except DatasetFormatError as err:
+        return dg.AssetCheckResult(passed=False, metadata={"error": str(err)})
+    return dg.AssetCheckResult(passed=counts["train"] > 0, metadata={f"{k}_scenes": v for k, v in counts.items()})
+
+
+@dg.asset_check(asset="region_tracks", description="Warns when clips failed to decode or yielded no region.")
+def region_tracks_coverage() -> dg.AssetCheckResult:
+    from orchestration.lineage import REGION_TRACKS
+
+    clips = json.loads((REGION_TRACKS / "index.json").read_text())["clips"]
+    failed = [c["clip_id"] for c in clips if c["status"] != "ok"]
+    empty = [c["clip_id"] for c in clips if c["status"] == "ok" and c["scenes"] == 0]
+    return dg.AssetCheckResult(
+        passed=not failed and not empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"failed_clips": dg.MetadataValue.json(failed), "clips_without_scenes": dg.MetadataValue.json(empty)},
+    )
+
+
+ASSETS = [build_asset(st) for st in STAGES]
+CHECKS = [raw_clips_manifest_expectations, restoration_dataset_expectations, restoration_dataset_readable, region_tracks_coverage]
+
+data_lineage_job = dg.define_asset_job(
+    "data_lineage", selection=dg.AssetSelection.assets(*ASSETS), description="Raw clips to the Lada restoration dataset."
+)
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[data_lineage_job],
+    resources={"params": AubergineParams()},
+)

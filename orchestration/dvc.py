@@ -1,0 +1,51 @@
+"""dvc.yaml, generated from the stage table (never edited by hand; a test fails when it drifts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from orchestration.stages import COMMON_CODE, COMMON_PARAMS, STAGES, Stage, topological
+
+DVC_YAML = Path("dvc.yaml")
+HEADER = (
+    "# Generated from the stage table in orchestration/stages.py by `aubergine dvc-yaml`. Do not edit:\n"
+    "# change the table and regenerate; tests/test_stage_table.py fails when this file drifts.\n"
+)
+# `uv run --frozen` runs the locked project environment without re-resolving; DVC lives in its own
+# tool environment (its antlr4 pin conflicts with Dagster's), so it only ever shells out to this.
+COMMAND = "uv run --frozen aubergine stage {name} --orchestrator dvc"
+
+
+def stage_entry(st: Stage) -> dict:
+    by_name = {s.name: s for s in STAGES}
+    metrics = set(st.metrics)
+    deps = [*st.extra_deps]
+    for upstream in st.upstream:
+        deps.extend(by_name[upstream].outs)
+    deps.extend(sorted(set(COMMON_CODE) | set(st.code)))
+    entry: dict = {
+        "desc": st.description,
+        "cmd": COMMAND.format(name=st.name),
+        "deps": deps,
+        "params": [*COMMON_PARAMS, *st.params],
+        "outs": [o for o in st.outs if o not in metrics],
+    }
+    if metrics:
+        entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
+    return entry
+
+
+def render() -> str:
+    doc = {"stages": {st.name: stage_entry(st) for st in topological()}}
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=110)
+
+
+def write(path: Path = DVC_YAML) -> bool:
+    """Write dvc.yaml; returns True when it changed."""
+    text = render()
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True

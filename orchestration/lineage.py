@@ -1,0 +1,195 @@
+"""The data lineage's stage bodies: paths in, files out, a StageOutput back.
+
+Each body builds its whole output folder under a temporary name and swaps it in at the end
+(`atomic_dir`), so a killed materialization leaves the previous, complete output in place and no later
+stage ever reads a half-written file. Per-clip work goes through `map_clips`: a failing clip is recorded
+in the stage's `index.json` and the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assets import contact_sheet
+from assets.atomic import atomic_dir, write_json
+from assets.batch import map_clips
+from assets.eggplant_gt import composite_clip
+from assets.lada_meta import RestorationDataset
+from assets.mosaic_lq import mosaic_clip
+from assets.raw_clips import build_manifest, ok_clips
+from assets.region_tracks import load_clip_tracks, track_clip
+from assets.restoration_dataset import assemble, summarize
+from assets.video import EncoderSettings
+from orchestration.config import Params
+
+RAW_CLIPS = Path("data/interim/raw_clips")
+REGION_TRACKS = Path("data/interim/region_tracks")
+EGGPLANT_GT = Path("data/interim/eggplant_gt")
+MOSAIC_LQ = Path("data/interim/mosaic_lq")
+RESTORATION_DATASET = Path("data/datasets/restoration")
+DATASET_REPORT = Path("data/reports/restoration_dataset")
+DATASET_METRICS = Path("data/metrics/restoration_dataset.json")
+
+
+class StageInputError(RuntimeError):
+    pass
+
+
+@dataclass
+class StageOutput:
+    metadata: dict = field(default_factory=dict)  # numbers and short texts for Dagster / MLflow
+    images: dict[str, Path] = field(default_factory=dict)  # label -> PNG shown in the UI and logged
+    files: list[Path] = field(default_factory=list)  # other artifacts worth logging
+    input_hash: str = ""
+
+
+def _read_json(path: Path, stage: str) -> dict:
+    if not path.is_file():
+        raise StageInputError(f"{path}: missing; materialize `{stage}` first")
+    return json.loads(path.read_text())
+
+
+def _hash_files(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def encoder(params: Params) -> EncoderSettings:
+    d = params.dataset
+    return EncoderSettings(codec=d.codec, crf=d.crf, preset=d.preset, threads=d.encoder_threads)
+
+
+def _index(outcomes, extra: dict | None = None) -> dict:
+    clips = []
+    for o in outcomes:
+        entry = {"clip_id": o.clip_id, "status": "ok" if o.ok else "failed", "error": o.error}
+        entry.update(o.result or {})
+        clips.append(entry)
+    return {"clips": clips, **(extra or {})}
+
+
+def _failures(index: dict) -> dict:
+    failed = [c for c in index["clips"] if c["status"] != "ok"]
+    return {"failed_clips": len(failed), "failures": "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed) or "none"}
+
+
+def run_raw_clips(params: Params) -> StageOutput:
+    manifest = build_manifest(params.data)
+    with atomic_dir(RAW_CLIPS) as tmp:
+        write_json(tmp / "manifest.json", manifest)
+    quarantined = [c for c in manifest["clips"] if c["status"] != "ok"]
+    return StageOutput(
+        metadata={
+            **{f"clips_{k}": v for k, v in manifest["counts"].items()},
+            "total_frames": sum(c["frames"] or 0 for c in ok_clips(manifest)),
+            "total_duration_s": round(sum(c["duration_s"] or 0 for c in ok_clips(manifest)), 2),
+            "quarantine": "\n".join(f"{c['clip_id']}: {c['reason']}" for c in quarantined) or "none",
+        },
+        files=[RAW_CLIPS / "manifest.json"],
+        input_hash=hashlib.sha256("".join(c["sha256"] or "-" for c in manifest["clips"]).encode()).hexdigest()[:16],
+    )
+
+
+def run_region_tracks(params: Params) -> StageOutput:
+    manifest = _read_json(RAW_CLIPS / "manifest.json", "raw_clips")
+    clips = ok_clips(manifest)
+    with atomic_dir(REGION_TRACKS) as tmp:
+        outcomes = map_clips(
+            track_clip, [(c["clip_id"], (c, tmp, params.detection, params.tracking)) for c in clips],
+            params.data.workers, "region_tracks",
+        )
+        index = _index(outcomes)
+        write_json(tmp / "index.json", index)
+    ok = [c for c in index["clips"] if c["status"] == "ok"]
+    return StageOutput(
+        metadata={
+            "clips": len(ok),
+            "clips_without_regions": sum(c["scenes"] == 0 for c in ok),
+            "tracks": sum(c["tracks"] for c in ok),
+            "scenes": sum(c["scenes"] for c in ok),
+            "scene_frames": sum(c["scene_frames"] for c in ok),
+            **_failures(index),
+        },
+        files=[REGION_TRACKS / "index.json"],
+        input_hash=_hash_files(RAW_CLIPS / "manifest.json"),
+    )
+
+
+def _clips_with_scenes() -> list[str]:
+    index = _read_json(REGION_TRACKS / "index.json", "region_tracks")
+    return [c["clip_id"] for c in index["clips"] if c["status"] == "ok" and c["scenes"] > 0]
+
+
+def _render_stage(params: Params, out: Path, fn, section, label: str) -> StageOutput:
+    clip_ids = _clips_with_scenes()
+    mask_shape = params.tracking.mask_shape
+    with atomic_dir(out) as tmp:
+        jobs = [
+            (cid, (load_clip_tracks(REGION_TRACKS, cid), tmp, section, encoder(params), mask_shape, params.seed))
+            for cid in clip_ids
+        ]
+        index = _index(map_clips(fn, jobs, params.data.workers, label))
+        write_json(tmp / "index.json", index)
+    ok = [c for c in index["clips"] if c["status"] == "ok"]
+    return StageOutput(
+        metadata={"clips": len(ok), "scenes": sum(c["scenes"] for c in ok), "frames": sum(c["frames"] for c in ok), **_failures(index)},
+        files=[out / "index.json"],
+        input_hash=_hash_files(REGION_TRACKS / "index.json"),
+    )
+
+
+def run_eggplant_gt(params: Params) -> StageOutput:
+    return _render_stage(params, EGGPLANT_GT, composite_clip, params.eggplant, "eggplant_gt")
+
+
+def run_mosaic_lq(params: Params) -> StageOutput:
+    return _render_stage(params, MOSAIC_LQ, mosaic_clip, params.mosaic, "mosaic_lq")
+
+
+def _ok_ids(path: Path, stage: str) -> set[str]:
+    return {c["clip_id"] for c in _read_json(path, stage)["clips"] if c["status"] == "ok"}
+
+
+def clip_contact_sheet(dataset: RestorationDataset, clip_id: str, frames: int = 6):
+    items = [i for i in dataset if i.meta["name"] == clip_id]
+    if not items:
+        return None
+    item = max(items, key=lambda i: i.frames_count)
+    picks = contact_sheet.pick_indices(item.frames_count, frames)
+    lq = RestorationDataset.read(item, "lq", unpadded=True)
+    gt = RestorationDataset.read(item, "gt", unpadded=True)
+    title = f"{clip_id} · {item.meta_path.stem} · mosaic {item.meta['mosaic']['mod']} {item.meta['mosaic']['mosaic_size']}px"
+    return contact_sheet.grid({"LQ": [lq[i] for i in picks], "GT": [gt[i] for i in picks]}, title)
+
+
+def run_restoration_dataset(params: Params) -> StageOutput:
+    with_scenes = _clips_with_scenes()
+    gt_ok, lq_ok = _ok_ids(EGGPLANT_GT / "index.json", "eggplant_gt"), _ok_ids(MOSAIC_LQ / "index.json", "mosaic_lq")
+    clip_ids = [c for c in with_scenes if c in gt_ok and c in lq_ok]
+    skipped = sorted(set(with_scenes) - set(clip_ids))
+    with atomic_dir(RESTORATION_DATASET) as tmp:
+        rows = assemble(clip_ids, REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp, params.dataset.val_fraction)
+        write_json(tmp / "index.json", {"scenes": rows, "skipped_clips": skipped})
+    images: dict[str, Path] = {}
+    with atomic_dir(DATASET_REPORT) as tmp:
+        for split in ("train", "val"):
+            dataset = RestorationDataset(RESTORATION_DATASET, split)
+            for clip_id in sorted({i.meta["name"] for i in dataset}):
+                sheet = clip_contact_sheet(dataset, clip_id)
+                if sheet is not None:
+                    name = f"{clip_id}.png"
+                    contact_sheet.save_png(sheet, tmp / name)
+                    images[f"{split}/{clip_id}"] = DATASET_REPORT / name
+    summary = summarize(rows)
+    write_json(DATASET_METRICS, summary)
+    return StageOutput(
+        metadata={**summary, "skipped_clips": ", ".join(skipped) or "none"},
+        images=images,
+        files=[RESTORATION_DATASET / "index.json", DATASET_METRICS],
+        input_hash=_hash_files(REGION_TRACKS / "index.json", EGGPLANT_GT / "index.json", MOSAIC_LQ / "index.json"),
+    )

@@ -1,0 +1,43 @@
+"""Run one stage exactly the same way whoever asks: the Dagster asset, the DVC command and the CLI all
+land here, so a DVC stage runs exactly the code a Dagster materialization runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestration import tracking
+from orchestration.config import Params, load_params, section
+from orchestration.lineage import StageOutput
+from orchestration.stages import stage as lookup
+
+
+@dataclass
+class StageReport:
+    name: str
+    output: StageOutput
+    seconds: float
+    mlflow_run_id: str | None
+    mlflow_run_url: str | None
+
+
+def run_stage(
+    name: str, params: Params | None = None, *, params_path: str | Path = "params.yaml", orchestrator: str = "cli",
+    run_id: str | None = None,
+) -> StageReport:
+    st = lookup(name)
+    params = params or load_params(params_path)  # validated before any work starts
+    started = time.perf_counter()
+    output = st.run(params)
+    seconds = time.perf_counter() - started
+    sections = {key: section(params, key) for key in st.params if key not in ("profile", "profiles", "seed")}
+    with tracking.stage_run(
+        params, stage=name, track=st.track, orchestrator=orchestrator, run_id=run_id, data_hash=output.input_hash,
+        param_sections=sections,
+    ) as run:
+        metrics = {**output.metadata, "duration_s": round(seconds, 3)}
+        tracking.log_stage_outputs(run, metrics, list(output.images.values()) + [p for p in output.files if p.is_file()])
+        run_id_out = run.info.run_id if run is not None else None
+        url = tracking.run_url(params, run)
+    return StageReport(name, output, seconds, run_id_out, url)

@@ -1,0 +1,125 @@
+"""The one stage table. Dagster's asset graph (orchestration/definitions.py) and dvc.yaml
+(orchestration/dvc.py) are both generated from it, so the two engines cannot disagree about what a stage
+reads, which knobs it depends on, or what it writes. A test fails when the committed dvc.yaml drifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from orchestration import lineage
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # asset key and DVC stage name: a contract with users, keep stable
+    group: str  # Dagster group; also the MLflow experiment suffix (one experiment per track)
+    description: str
+    run: Callable
+    upstream: tuple[str, ...]
+    params: tuple[str, ...]  # params.yaml sections this stage reads
+    outs: tuple[str, ...]  # paths it writes (whole folders, swapped in atomically)
+    code: tuple[str, ...]  # code it runs (DVC deps)
+    extra_deps: tuple[str, ...] = ()  # inputs that are not stage outputs (raw data, provisioned weights)
+    kinds: tuple[str, ...] = ("python",)
+    metrics: tuple[str, ...] = ()  # JSON files among outs that DVC shows as metrics
+
+    @property
+    def track(self) -> str:
+        return self.group
+
+
+# Every stage depends on the switch that picks the recipe, and on the seed.
+COMMON_PARAMS = ("profile", "profiles", "seed")
+COMMON_CODE = ("orchestration/config.py", "orchestration/lineage.py", "assets/atomic.py", "assets/batch.py", "assets/video.py")
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="raw_clips",
+        group="ingest",
+        description="Probe every clip in the raw folder with PyAV (fps, frames, size, codec, duration, rotation); "
+        "quarantine undecodable or out-of-range files with their reason in the manifest.",
+        run=lineage.run_raw_clips,
+        upstream=(),
+        params=("data",),
+        outs=(str(lineage.RAW_CLIPS),),
+        code=("assets/raw_clips.py", "assets/weights.py"),
+        extra_deps=("${data.raw_dir}",),
+        kinds=("python", "pyav", "json"),
+    ),
+    Stage(
+        name="region_tracks",
+        group="ingest",
+        description="Faces (YuNet/Haar) and plates (OpenCV cascade) or sidecar COCO boxes per frame, linked into "
+        "tracks, median-smoothed over ~1 s, cut into scenes with Lada-style crops, pads and mask videos.",
+        run=lineage.run_region_tracks,
+        upstream=("raw_clips",),
+        params=("detection", "tracking", "dataset"),
+        outs=(str(lineage.REGION_TRACKS),),
+        code=("assets/detect.py", "assets/tracks.py", "assets/region_tracks.py", "assets/lada_meta.py", "assets/weights.py"),
+        extra_deps=("data/models/yunet",),
+        kinds=("python", "opencv", "onnx"),
+    ),
+    Stage(
+        name="eggplant_gt",
+        group="restoration",
+        description="GT of the training pairs: each scene's crop with an eggplant composited into the region "
+        "(aspect kept, pose from the smoothed track, colour matched, soft edge); the region's own pixels are "
+        "inpainted away first.",
+        run=lineage.run_eggplant_gt,
+        upstream=("region_tracks",),
+        params=("eggplant", "tracking", "dataset"),
+        outs=(str(lineage.EGGPLANT_GT),),
+        code=("assets/eggplant.py", "assets/eggplant_gt.py", "assets/scene_render.py", "assets/region_tracks.py", "assets/tracks.py"),
+        extra_deps=("data/media/eggplant",),
+        kinds=("python", "opencv", "video"),
+    ),
+    Stage(
+        name="mosaic_lq",
+        group="restoration",
+        description="LQ of the training pairs: a seeded Lada-style mosaic (square-mid / square-avg / rect-avg, "
+        "block size from region area, feather) of the ORIGINAL region, with optional degradation.",
+        run=lineage.run_mosaic_lq,
+        upstream=("region_tracks",),
+        params=("mosaic", "tracking", "dataset"),
+        outs=(str(lineage.MOSAIC_LQ),),
+        code=("assets/mosaic.py", "assets/mosaic_lq.py", "assets/scene_render.py", "assets/region_tracks.py", "assets/tracks.py"),
+        kinds=("python", "opencv", "video"),
+    ),
+    Stage(
+        name="restoration_dataset",
+        group="restoration",
+        description="Lada version-2 restoration dataset (crop_unscaled_meta/img/mask/mosaic/mask_mosaic) with "
+        "train/ and val/ split by source clip, plus GT-vs-LQ contact sheets.",
+        run=lineage.run_restoration_dataset,
+        upstream=("region_tracks", "eggplant_gt", "mosaic_lq"),
+        params=("dataset",),
+        outs=(str(lineage.RESTORATION_DATASET), str(lineage.DATASET_REPORT)),
+        code=("assets/restoration_dataset.py", "assets/lada_meta.py", "assets/contact_sheet.py"),
+        kinds=("python", "video", "lada"),
+        metrics=(str(lineage.DATASET_METRICS),),
+    ),
+)
+
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage(name: str) -> Stage:
+    if name not in BY_NAME:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}")
+    return BY_NAME[name]
+
+
+def topological() -> list[Stage]:
+    done: list[str] = []
+    pending = list(STAGES)
+    while pending:
+        for s in pending:
+            if all(u in done for u in s.upstream):
+                done.append(s.name)
+                pending.remove(s)
+                break
+        else:
+            raise ValueError(f"cycle among stages {[s.name for s in pending]}")
+    return [BY_NAME[n] for n in done]

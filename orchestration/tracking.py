@@ -1,0 +1,135 @@
+"""MLflow tracking for stage materializations: one run per stage, tagged with who ran it and on what.
+
+Default store: SQLite `mlruns.db` and an artifact folder `mlartifacts/` inside the project (MLflow 3 refuses
+the plain file store without an opt-in). Set `mlflow.uri` in params.yaml, or MLFLOW_TRACKING_URI, to use a
+server. The store is created once by `aubergine tracking init` (several processes migrating one SQLite file
+at once race), which `make setup` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from orchestration.config import Params
+
+EXPERIMENT_PREFIX = "aubergine"
+
+
+def repo_root() -> Path:
+    return Path.cwd()
+
+
+def tracking_uri(params: Params, root: Path | None = None) -> str:
+    root = root or repo_root()
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.uri or f"sqlite:///{(root / 'mlruns.db').resolve()}"
+
+
+def git_commit(root: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root or repo_root(),
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}-dirty" if dirty and commit != "unknown" else commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _mlflow(params: Params):
+    import mlflow  # imported lazily: it costs seconds, and only tracked runs need it
+
+    mlflow.set_tracking_uri(tracking_uri(params))
+    return mlflow
+
+
+def init_store(params: Params) -> str:
+    """Create (and migrate) the tracking store once, before any parallel writer."""
+    mlflow = _mlflow(params)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().search_experiments(max_results=1)
+    return mlflow.get_tracking_uri()
+
+
+def experiment_id(params: Params, track: str) -> str:
+    mlflow = _mlflow(params)
+    name = f"{EXPERIMENT_PREFIX}-{track}"
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    artifacts = (repo_root() / params.mlflow.artifact_dir / name).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # another process created it between our lookup and create
+        again = mlflow.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return again.experiment_id
+
+
+def flatten(prefix: str, obj) -> dict[str, str]:
+    data = obj.model_dump() if hasattr(obj, "model_dump") else obj
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+    else:
+        out[prefix] = str(data)
+    return out
+
+
+@contextmanager
+def stage_run(
+    params: Params, *, stage: str, track: str, orchestrator: str, run_id: str | None, data_hash: str,
+    param_sections: dict[str, object],
+) -> Iterator[object | None]:
+    """Open an MLflow run for a stage materialization; yields None when tracking is disabled."""
+    if not params.mlflow.enabled:
+        yield None
+        return
+    mlflow = _mlflow(params)
+    tags = {
+        "aubergine.stage": stage,
+        "aubergine.track": track,
+        "aubergine.orchestrator": orchestrator,
+        "aubergine.profile": params.profile,
+        "git.commit": git_commit(),
+        "data.input_hash": data_hash,
+        "dagster.run_id" if orchestrator == "dagster" else "aubergine.run_id": run_id or orchestrator,
+    }
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = exp_name
+    with mlflow.start_run(experiment_id=experiment_id(params, track), run_name=f"{stage}", tags=tags) as run:
+        flat = {}
+        for name, section in param_sections.items():
+            flat.update(flatten(name, section))
+        flat["seed"] = str(params.seed)
+        flat["profile"] = params.profile
+        mlflow.log_params(flat)
+        yield run
+
+
+def log_stage_outputs(run, metrics: dict[str, float], artifacts: list[Path], artifact_dir: str = "") -> None:
+    if run is None:
+        return
+    import mlflow
+
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        mlflow.log_metrics(numeric, step=0)
+    for path in artifacts:
+        mlflow.log_artifact(str(path), artifact_path=artifact_dir or None)
+
+
+def run_url(params: Params, run) -> str | None:
+    if run is None:
+        return None
+    uri = tracking_uri(params)
+    exp, rid = run.info.experiment_id, run.info.run_id
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{rid}"
+    return f"mlflow ui --backend-store-uri {uri}  →  experiment {exp}, run {rid}"
