@@ -18,6 +18,12 @@ from typing import Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
@@ -28,6 +34,8 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600 files; published outputs get the usual permissions.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -61,6 +69,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~_umask())
     old = dest.parent / f"{TMP_PREFIX}{dest.name}.old"
     if dest.exists():
         os.replace(dest, old)

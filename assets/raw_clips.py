@@ -10,7 +10,7 @@ from pathlib import Path
 from assets.video import VideoError, probe_video
 from assets.weights import sha256_file
 
-PROBE_FIELDS = ("fps", "frames", "width", "height", "codec", "pix_fmt", "duration_s", "rotation", "has_audio")
+PROBE_FIELDS = ("fps", "fps_fraction", "frames", "width", "height", "codec", "pix_fmt", "duration_s", "rotation", "has_audio")
 
 
 class RawFolderError(FileNotFoundError):

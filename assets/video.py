@@ -111,14 +111,15 @@ def read_frames(path: str | Path, start: int = 0, stop: int | None = None) -> It
         raise VideoError(f"{path}: not a readable video container ({err})") from None
     with container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # No frame threading, and a private copy of every frame: with frame threads the converted RGB
+        # buffer was seen to change under us on a loaded machine, which broke byte-identical outputs.
         index = 0
         try:
             for frame in container.decode(stream):
                 if stop is not None and index >= stop:
                     break
                 if index >= start:
-                    yield _upright(frame.to_ndarray(format="rgb24"), _clockwise_rotation(frame))
+                    yield _upright(np.array(frame.to_ndarray(format="rgb24"), copy=True), _clockwise_rotation(frame))
                 index += 1
         except av.error.FFmpegError as err:
             raise VideoError(f"{path}: decoding failed at frame {index} ({err})") from None
@@ -160,9 +161,8 @@ class VideoWriter:
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         fmt = "matroska" if self.path.suffix == ".mkv" else "mp4"
-        self._container = av.open(str(self._tmp), mode="w", format=fmt)
-        # No creation_time or encoder version strings that change from run to run.
-        self._container.metadata.clear()
+        # bitexact: no random Matroska segment UID, no muxing date; the same frames give the same bytes.
+        self._container = av.open(str(self._tmp), mode="w", format=fmt, options={"fflags": "+bitexact"})
         self._stream = None
         self.frames = 0
 
@@ -178,6 +178,7 @@ class VideoWriter:
             options.update({"level": "3"})
         elif s.codec == "h264_nvenc":
             options.update({"cq": str(s.crf)})
+        options["flags"] = "+bitexact"
         stream.codec_context.options = options
         stream.codec_context.thread_count = s.threads
         self._stream = stream

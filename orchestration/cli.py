@@ -70,10 +70,20 @@ def stage_cmd(
 
 @app.command("lineage")
 def lineage_cmd(params: ParamsOpt = Path("params.yaml")) -> None:
-    """Run every stage of the data lineage in order, without an orchestrator."""
+    """Run every stage of the data lineage in order, without an orchestrator.
+
+    Each stage gets its own process, as under DVC and Dagster: x264 was seen to encode the same frames to
+    different bytes when the detector had run earlier in the same process, and one stage per process is
+    what keeps the three engines byte-identical."""
+    import subprocess
+
     from orchestration.stages import topological
 
-    stage_cmd([s.name for s in topological()], params)
+    _load(params)
+    for st in topological():
+        cmd = [sys.executable, "-m", "orchestration.cli", "stage", st.name, "--params", str(params)]
+        if subprocess.run(cmd).returncode != 0:
+            _fail(f"stage {st.name} failed")
 
 
 @app.command("dvc-yaml")

@@ -163,8 +163,9 @@ class DatasetParams(_Strict):
     codec: str = "libx264"
     crf: Annotated[int, Field(ge=0, le=51)] = 12
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
-    # x264 output is deterministic for a fixed thread count; pinning it keeps DVC and Dagster byte-identical.
-    encoder_threads: PositiveInt = 2
+    # x264 with frame threads gave different bytes run to run here; one thread per encoder is byte-stable
+    # (clips still run in parallel across `data.workers` processes).
+    encoder_threads: PositiveInt = 1
 
 
 class Stage1Params(_Strict):

@@ -75,6 +75,10 @@ def _index(outcomes, extra: dict | None = None) -> dict:
 
 def _failures(index: dict) -> dict:
     failed = [c for c in index["clips"] if c["status"] != "ok"]
+    if failed and len(failed) == len(index["clips"]):
+        # One bad clip never sinks the batch, but a batch where every clip failed is a broken stage.
+        detail = "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed)
+        raise StageInputError(f"every clip failed:\n{detail}")
     return {"failed_clips": len(failed), "failures": "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed) or "none"}
 
 
@@ -163,7 +167,7 @@ def clip_contact_sheet(dataset: RestorationDataset, clip_id: str, frames: int = 
     picks = contact_sheet.pick_indices(item.frames_count, frames)
     lq = RestorationDataset.read(item, "lq", unpadded=True)
     gt = RestorationDataset.read(item, "gt", unpadded=True)
-    title = f"{clip_id} · {item.meta_path.stem} · mosaic {item.meta['mosaic']['mod']} {item.meta['mosaic']['mosaic_size']}px"
+    title = f"{item.meta_path.stem} | mosaic {item.meta['mosaic']['mod']} {item.meta['mosaic']['mosaic_size']}px"
     return contact_sheet.grid({"LQ": [lq[i] for i in picks], "GT": [gt[i] for i in picks]}, title)
 
 

@@ -4,6 +4,8 @@ land here, so a DVC stage runs exactly the code a Dagster materialization runs."
 from __future__ import annotations
 
 import time
+
+import cv2
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,10 @@ def run_stage(
     run_id: str | None = None,
 ) -> StageReport:
     st = lookup(name)
+    # OpenCV's worker threads pick up floating-point state from the DNN detector (seen: the same stages in one
+    # process gave different pixels run to run). One OpenCV thread keeps every output byte-identical; per-clip
+    # parallelism comes from `data.workers` processes instead.
+    cv2.setNumThreads(1)
     params = params or load_params(params_path)  # validated before any work starts
     started = time.perf_counter()
     output = st.run(params)
