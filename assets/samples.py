@@ -40,7 +40,7 @@ from assets.atomic import write_bytes, write_json
 from assets.video import EncoderSettings, VideoError, write_video
 from assets.weights import sha256_file
 
-RECIPE_VERSION = 1  # bump when a renderer changes, so rendered files are redone
+RECIPE_VERSION = 2  # bump when a renderer changes, so rendered files are redone
 
 DOWNLOAD_CMD = (
     "uvx --from pip pip download --no-deps --only-binary=:all: --python-version 3.12 "

@@ -151,6 +151,29 @@ def _fps_fraction(fps: float | Fraction | str) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+# BT.601 limited range, the matrix FFmpeg assumes when it decodes an untagged yuv444p stream.
+_RGB_TO_YUV = np.array(
+    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], dtype=np.float32
+) / 255.0
+_YUV_OFFSET = np.array([16.0, 128.0, 128.0], dtype=np.float32)
+
+
+def rgb_to_yuv444_frame(rgb: np.ndarray) -> av.VideoFrame:
+    """An RGB frame as a yuv444p VideoFrame whose every byte, line padding included, is set by us.
+
+    Handing x264 a frame converted by swscale made the output bytes depend on uninitialised memory for
+    widths that are not a multiple of 16 (seen: different files from identical frames, run to run)."""
+    yuv = np.clip(np.rint(rgb.astype(np.float32) @ _RGB_TO_YUV.T + _YUV_OFFSET), 0, 255).astype(np.uint8)
+    height, width = rgb.shape[:2]
+    frame = av.VideoFrame(width, height, "yuv444p")
+    for index, plane in enumerate(frame.planes):
+        padded = np.empty((height, plane.line_size), dtype=np.uint8)
+        padded[:, :width] = yuv[..., index]
+        padded[:, width:] = yuv[:, -1:, index]
+        plane.update(padded.tobytes())
+    return frame
+
+
 class VideoWriter:
     """Encode frames to `path` atomically: the file appears only when `close()` succeeds."""
 
@@ -188,6 +211,8 @@ class VideoWriter:
             self._open_stream(frame.shape[0], frame.shape[1])
         if frame.ndim == 2:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="gray")
+        elif self.settings.pix_fmt == "yuv444p":
+            vf = rgb_to_yuv444_frame(frame)
         else:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         for packet in self._stream.encode(vf):
