@@ -58,7 +58,7 @@ STAGES: tuple[Stage, ...] = (
         params=("detection", "tracking", "dataset"),
         outs=(str(lineage.REGION_TRACKS),),
         code=("assets/detect.py", "assets/tracks.py", "assets/region_tracks.py", "assets/lada_meta.py", "assets/weights.py"),
-        extra_deps=("data/models/yunet",),
+        extra_deps=("${detection.yunet_model}",),
         kinds=("python", "opencv", "onnx"),
     ),
     Stage(
@@ -72,7 +72,7 @@ STAGES: tuple[Stage, ...] = (
         params=("eggplant", "tracking", "dataset"),
         outs=(str(lineage.EGGPLANT_GT),),
         code=("assets/eggplant.py", "assets/eggplant_gt.py", "assets/scene_render.py", "assets/region_tracks.py", "assets/tracks.py"),
-        extra_deps=("data/media/eggplant",),
+        extra_deps=("${eggplant.emoji_png}",),
         kinds=("python", "opencv", "video"),
     ),
     Stage(

@@ -1,0 +1,116 @@
+"""One stage table, two engines: dvc.yaml and the Dagster graph come from orchestration/stages.py, and a
+DVC reproduction and a Dagster materialization write byte-identical files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestration import dvc
+from orchestration.stages import STAGES, topological
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC_BIN = ROOT / "tools/dvc/.venv/bin/dvc"
+LINEAGE = ["raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset"]
+
+
+def test_committed_dvc_yaml_matches_the_stage_table():
+    assert (ROOT / "dvc.yaml").read_text() == dvc.render(), "dvc.yaml drifted: run `uv run aubergine dvc-yaml`"
+
+
+def test_dvc_yaml_names_real_params_and_files():
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert list(doc["stages"]) == LINEAGE
+    for name, entry in doc["stages"].items():
+        assert entry["cmd"].endswith(f"aubergine stage {name} --orchestrator dvc")
+        for key in entry["params"]:
+            assert key in params, f"{name}: params key {key!r} is not in params.yaml"
+        for dep in entry["deps"]:
+            if dep.endswith(".py"):
+                assert (ROOT / dep).is_file(), f"{name}: code dep {dep} does not exist"
+        assert all(o.startswith("data/") for o in entry["outs"])
+
+
+def test_outputs_never_overlap():
+    outs = [o for st in STAGES for o in (*st.outs, *st.metrics)]
+    for a in outs:
+        for b in outs:
+            assert a == b or not (b + "/").startswith(a + "/"), (a, b)
+    assert len(outs) == len(set(outs))
+
+
+def test_dagster_graph_is_the_stage_table():
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {st.name for st in STAGES}
+    for st in STAGES:
+        node = graph.get(__import__("dagster").AssetKey(st.name))
+        assert {p.to_user_string() for p in node.parent_keys} == set(st.upstream)
+        assert node.group_name == st.group
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert ("raw_clips", "raw_clips_manifest_expectations") in checks
+    assert ("restoration_dataset", "restoration_dataset_expectations") in checks
+    assert [s.name for s in topological()] == LINEAGE
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    out = {}
+    for sub in ("data/interim", "data/datasets", "data/reports", "data/metrics"):
+        for path in sorted((root / sub).rglob("*")):
+            if path.is_file():
+                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _engine_project(base: Path, project_root: Path) -> Path:
+    """A project folder holding one sample clip, the code (linked) and this checkout's dvc.yaml."""
+    base.mkdir()
+    shutil.copytree(project_root / "data", base / "data", symlinks=True)
+    shutil.copy(project_root / "params.yaml", base / "params.yaml")
+    for code in ("assets", "orchestration"):
+        (base / code).symlink_to(ROOT / code)
+    # Only the launcher differs from the committed dvc.yaml: this test runs the checkout's interpreter
+    # instead of `uv run`, so it does not touch the project environment. The stage code is the same.
+    text = (ROOT / "dvc.yaml").read_text().replace("uv run --frozen aubergine", f"{sys.executable} -m orchestration.cli")
+    (base / "dvc.yaml").write_text(text)
+    return base
+
+
+@pytest.mark.slow
+@pytest.mark.dvc
+def test_dvc_repro_and_dagster_materialize_write_identical_files(project, tmp_path):
+    if not DVC_BIN.is_file():
+        pytest.fail(f"{DVC_BIN} missing: the DVC tool environment is installed by `make setup`")
+    project.add_sample("carphone_pristine.mp4")
+    project.write_params(mlflow__enabled=False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1"}
+
+    dvc_root = _engine_project(tmp_path / "dvc", project.root)
+    subprocess.run([str(DVC_BIN), "init", "--no-scm", "-q"], cwd=dvc_root, env=env, check=True)
+    first = subprocess.run([str(DVC_BIN), "repro"], cwd=dvc_root, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = subprocess.run([str(DVC_BIN), "repro"], cwd=dvc_root, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "Data and pipelines are up to date" in again.stdout, again.stdout
+
+    dag_root = _engine_project(tmp_path / "dagster", project.root)
+    env_dag = {**env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    (tmp_path / "dagster_home").mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "--select", "*", "-m", "orchestration.definitions"],
+        cwd=dag_root, env=env_dag, capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    dvc_files, dag_files = _tree_hashes(dvc_root), _tree_hashes(dag_root)
+    assert any("crop_unscaled_mosaic" in f for f in dvc_files), sorted(dvc_files)
+    assert dvc_files == dag_files
