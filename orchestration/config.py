@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -33,11 +33,16 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
-def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
+def _ordered(value: tuple) -> tuple:
     low, high = value
     if low > high:
-        raise ValueError(f"{name} range must be [low, high] with low <= high, got [{low}, {high}]")
+        raise ValueError(f"a range must be [low, high] with low <= high, got [{low}, {high}]")
     return value
+
+
+# A [low, high] range from which a value is drawn per scene.
+Range = Annotated[tuple[float, float], AfterValidator(_ordered)]
+IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 
 
 class DataParams(_Strict):
@@ -71,7 +76,7 @@ class DetectionParams(_Strict):
     face_score_threshold: Fraction = 0.7
     haar_min_neighbors: PositiveInt = 5
     plate_min_neighbors: PositiveInt = 4
-    max_side: PositiveInt = 640
+    max_side: PositiveInt = 1280
     every_n_frames: PositiveInt = 1
     min_box_size: PositiveInt = 12
     sidecar_suffix: str = ".coco.json"
@@ -84,7 +89,7 @@ class TrackingParams(_Strict):
     max_gap_frames: Annotated[int, Field(ge=0)] = 6
     smoothing_seconds: Annotated[float, Field(ge=0)] = 1.0
     min_scene_frames: PositiveInt = 12
-    max_scene_frames: PositiveInt = 180
+    max_scene_frames: PositiveInt = 240
     box_margin: Annotated[float, Field(ge=0, le=2)] = 0.15
     crop_margin: Annotated[float, Field(ge=0, le=2)] = 0.4
     mask_shape: Literal["ellipse", "rect"] = "ellipse"
@@ -115,14 +120,9 @@ class DegradeParams(_Strict):
     """Optional LQ degradation; off in the Stage 1 recipe (`degrade=False`)."""
 
     enabled: bool = False
-    crf: tuple[int, int] = (18, 32)
-    blur_sigma: tuple[float, float] = (0.0, 1.0)
-    noise_sigma: tuple[float, float] = (0.0, 3.0)
-
-    @field_validator("crf", "blur_sigma", "noise_sigma")
-    @classmethod
-    def _pairs(cls, value, info):
-        return _ordered_pair(value, info.field_name)
+    crf: IntRange = (18, 32)
+    blur_sigma: Range = (0.0, 1.0)
+    noise_sigma: Range = (0.0, 3.0)
 
     @field_validator("crf")
     @classmethod
@@ -136,16 +136,11 @@ class MosaicParams(_Strict):
     """`mosaic_lq`: a Lada-style mosaic of the original content."""
 
     modes: tuple[MosaicMode, ...] = ("square_mid", "square_avg", "rect_avg")
-    block_size_scale: tuple[float, float] = (0.8, 1.2)
+    block_size_scale: Range = (0.8, 1.2)
     min_block_size: PositiveInt = 4
-    rect_ratio: tuple[float, float] = (1.0, 1.6)
-    feather: tuple[float, float] = (0.0, 0.25)
+    rect_ratio: Range = (1.1, 1.8)
+    feather: Range = (0.0, 1.0)
     degrade: DegradeParams = DegradeParams()
-
-    @field_validator("block_size_scale", "rect_ratio", "feather")
-    @classmethod
-    def _pairs(cls, value, info):
-        return _ordered_pair(value, info.field_name)
 
     @field_validator("modes")
     @classmethod
@@ -161,8 +156,8 @@ class DatasetParams(_Strict):
     root: str = "data/datasets/restoration"
     val_fraction: Fraction = 0.25
     codec: str = "libx264"
-    crf: Annotated[int, Field(ge=0, le=51)] = 12
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+    crf: Annotated[int, Field(ge=0, le=51)] = 15
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "medium"
     # x264 with frame threads gave different bytes run to run here; one thread per encoder is byte-stable
     # (clips still run in parallel across `data.workers` processes).
     encoder_threads: PositiveInt = 1

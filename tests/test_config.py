@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.config import ConfigError, load_params, parse_params
+from orchestration.config import ConfigError, Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +88,9 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_schema_defaults_are_the_recipe_in_params_yaml():
+    """Code defaults only back up params.yaml; they must not tell a different story than its body."""
+    body = {**raw_params(), "profiles": {"embedded": {}}}  # the body alone, under the default profile name
+    assert parse_params(body).model_dump() == Params().model_dump()
