@@ -72,14 +72,14 @@ def apply_mosaic(frame: np.ndarray, mask: np.ndarray, spec: MosaicSpec) -> tuple
     """Return (mosaiced frame, mosaic mask). A block is mosaiced when its centre pixel lies in `mask`."""
     out = frame.copy()
     mosaic_mask = np.zeros(mask.shape, dtype=np.uint8)
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    bx, by, bwidth, bheight = cv2.boundingRect(mask)
+    if bwidth == 0 or bheight == 0:
         return out, mosaic_mask
     bh, bw = spec.block, max(1, int(spec.block * spec.rect_ratio))
     h, w = mask.shape
     # Work on the grid-aligned bounding box of the mask only.
-    y0, x0 = (ys.min() // bh) * bh, (xs.min() // bw) * bw
-    y1, x1 = -(-(ys.max() + 1) // bh) * bh, -(-(xs.max() + 1) // bw) * bw
+    y0, x0 = (by // bh) * bh, (bx // bw) * bw
+    y1, x1 = -(-(by + bheight) // bh) * bh, -(-(bx + bwidth) // bw) * bw
     region = frame[y0:min(y1, h), x0:min(x1, w)].astype(np.float32)
     pad_y, pad_x = (y1 - y0) - region.shape[0], (x1 - x0) - region.shape[1]
     if pad_y or pad_x:

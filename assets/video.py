@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from assets.atomic import atomic_path
 
@@ -111,15 +113,17 @@ def read_frames(path: str | Path, start: int = 0, stop: int | None = None) -> It
         raise VideoError(f"{path}: not a readable video container ({err})") from None
     with container:
         stream = container.streams.video[0]
-        # No frame threading, and a private copy of every frame: with frame threads the converted RGB
-        # buffer was seen to change under us on a loaded machine, which broke byte-identical outputs.
+        # One reformatter per clip (PyAV builds a new one per frame otherwise: ~40% of decode time), and a
+        # private copy of each frame, since the reformatter reuses its output buffer.
+        reformatter = VideoReformatter()
         index = 0
         try:
             for frame in container.decode(stream):
                 if stop is not None and index >= stop:
                     break
                 if index >= start:
-                    yield _upright(np.array(frame.to_ndarray(format="rgb24"), copy=True), _clockwise_rotation(frame))
+                    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                    yield _upright(np.array(rgb, copy=True), _clockwise_rotation(frame))
                 index += 1
         except av.error.FFmpegError as err:
             raise VideoError(f"{path}: decoding failed at frame {index} ({err})") from None
@@ -128,8 +132,9 @@ def read_frames(path: str | Path, start: int = 0, stop: int | None = None) -> It
 def read_gray_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Yield single-channel uint8 frames (mask videos)."""
     with av.open(str(path)) as container:
+        reformatter = VideoReformatter()
         for frame in container.decode(container.streams.video[0]):
-            yield frame.to_ndarray(format="gray")
+            yield np.array(reformatter.reformat(frame, format="gray").to_ndarray(), copy=True)
 
 
 @dataclass(frozen=True)
@@ -152,10 +157,11 @@ def _fps_fraction(fps: float | Fraction | str) -> Fraction:
 
 
 # BT.601 limited range, the matrix FFmpeg assumes when it decodes an untagged yuv444p stream.
-_RGB_TO_YUV = np.array(
-    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], dtype=np.float32
-) / 255.0
-_YUV_OFFSET = np.array([16.0, 128.0, 128.0], dtype=np.float32)
+# A 3x4 affine matrix (offset folded in) for cv2.transform, 4x faster than a numpy matmul here.
+_RGB_TO_YUV = np.hstack([
+    np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0,
+    np.array([[16.0], [128.0], [128.0]]),
+]).astype(np.float32)
 
 
 def rgb_to_yuv444_frame(rgb: np.ndarray) -> av.VideoFrame:
@@ -163,14 +169,14 @@ def rgb_to_yuv444_frame(rgb: np.ndarray) -> av.VideoFrame:
 
     Handing x264 a frame converted by swscale made the output bytes depend on uninitialised memory for
     widths that are not a multiple of 16 (seen: different files from identical frames, run to run)."""
-    yuv = np.clip(np.rint(rgb.astype(np.float32) @ _RGB_TO_YUV.T + _YUV_OFFSET), 0, 255).astype(np.uint8)
+    yuv = np.clip(np.rint(cv2.transform(rgb.astype(np.float32), _RGB_TO_YUV)), 0, 255).astype(np.uint8)
     height, width = rgb.shape[:2]
     frame = av.VideoFrame(width, height, "yuv444p")
     for index, plane in enumerate(frame.planes):
         padded = np.empty((height, plane.line_size), dtype=np.uint8)
         padded[:, :width] = yuv[..., index]
         padded[:, width:] = yuv[:, -1:, index]
-        plane.update(padded.tobytes())
+        plane.update(padded)
     return frame
 
 

@@ -337,7 +337,10 @@ def report(clips: list[dict], results: dict, repeat: int, settings, started_load
         ratios.append(s / f)
     print(f"floor (decode->encode):        {_fmt_fps(tot['frames'], tot['floor']).strip()} frames/s  ({tot['floor']:.2f} s for {int(tot['frames'])} frames)")
     print(f"synthesis (track+egg+mosaic):  {_fmt_fps(tot['frames'], tot['synth']).strip()} frames/s  ({tot['synth']:.2f} s)")
-    no_detect = tot["synth"] - grand["detect"] - grand["det.init"]
+    detect = grand["detect"] + grand["det.init"]
+    print(f"detection alone (faces+plates): {detect:.2f} s = {detect / tot['synth']:.0%} of the synthesis, "
+          f"{detect / tot['floor']:.2f}x the whole floor")
+    no_detect = tot["synth"] - detect
     print(f"synthesis without detection:   {_fmt_fps(tot['frames'], no_detect).strip()} frames/s  ({no_detect:.2f} s; "
           f"{no_detect / tot['floor']:.2f}x the floor)")
     spread = f" (per repeat: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x)" if repeat > 1 else ""
