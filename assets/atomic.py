@@ -61,6 +61,9 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name and swap it in whole; the old folder survives a failure."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.parent / f"{TMP_PREFIX}{dest.name}.old"
+    if old.is_dir() and not dest.exists():
+        os.replace(old, dest)  # killed between the two renames of a swap: the old output comes back
     for stale in dest.parent.glob(f"{TMP_PREFIX}{dest.name}.*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dest.name}.", dir=dest.parent))
@@ -70,7 +73,6 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, 0o777 & ~_umask())
-    old = dest.parent / f"{TMP_PREFIX}{dest.name}.old"
     if dest.exists():
         os.replace(dest, old)
     os.replace(tmp, dest)

@@ -74,7 +74,7 @@ def meta_record(
         "relative_mask_video_path": f"../{MASK_DIR}/{file_stem}.mkv",
         "relative_mosaic_nsfw_video_path": f"../{LQ_DIR}/{file_stem}.mp4" if mosaic else None,
         "relative_mosaic_mask_video_path": f"../{LQ_MASK_DIR}/{file_stem}.mkv" if mosaic else None,
-        "mosaic": mosaic,
+        "mosaic": {k: mosaic[k] for k in MOSAIC_KEYS} if mosaic else None,
         "video_quality": None,
         "watermark_detected": None,
         "nudenet_nsfw_detected": None,

@@ -103,7 +103,9 @@ def smoothing_window(fps: float, seconds: float, length: int) -> int:
 def smooth_boxes(boxes: np.ndarray, window: int) -> np.ndarray:
     if window <= 1:
         return boxes.copy()
-    return median_filter(boxes, size=(window, 1), mode="nearest")
+    # "mirror" reflects around the edge sample; "nearest" would repeat it window//2 times and let one bad
+    # box on a scene's first or last frame outvote the good ones.
+    return median_filter(boxes, size=(window, 1), mode="mirror")
 
 
 def expand_box(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:

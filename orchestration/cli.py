@@ -72,9 +72,8 @@ def stage_cmd(
 def lineage_cmd(params: ParamsOpt = Path("params.yaml")) -> None:
     """Run every stage of the data lineage in order, without an orchestrator.
 
-    Each stage gets its own process, as under DVC and Dagster: x264 was seen to encode the same frames to
-    different bytes when the detector had run earlier in the same process, and one stage per process is
-    what keeps the three engines byte-identical."""
+    Each stage gets its own process, as under DVC and Dagster, so all three engines run a stage the same
+    way: a fresh interpreter, no state carried over from the stage before."""
     import subprocess
 
     from orchestration.stages import topological

@@ -236,7 +236,7 @@ def _deep_merge(base: dict, overlay: dict, prefix: str = "") -> dict:
     return merged
 
 
-def _format_error(err: ValidationError, source: str, raw: dict) -> str:
+def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -268,14 +268,17 @@ def resolve_profile(raw: dict, source: str = "params.yaml") -> dict:
     return _deep_merge(raw, profiles[profile] or {})
 
 
-def parse_params(raw: dict, source: str = "params.yaml") -> Params:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
-    resolved = resolve_profile(raw, source)
+def _validate(resolved: dict, source: str) -> Params:
     try:
         return Params.model_validate(resolved)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source, resolved)) from None
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    return _validate(resolve_profile(raw, source), source)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
@@ -287,13 +290,20 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    for dotted, value in (overrides or {}).items():
-        node = raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    overrides = dict(overrides or {})
+    if "profile" in overrides:
+        raw["profile"] = overrides.pop("profile")
+    resolved = resolve_profile(raw, str(path))
+    # Overrides land after the profile overlay, so they win over it (an override is the most specific ask).
+    for dotted, value in overrides.items():
+        node = resolved
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return parse_params(raw, str(path))
+    return _validate(resolved, str(path))
 
 
 def section(params: Params, dotted: str) -> Any:

@@ -109,6 +109,7 @@ def run_region_tracks(params: Params) -> StageOutput:
         )
         index = _index(outcomes)
         write_json(tmp / "index.json", index)
+        failures = _failures(index)  # raises inside the block: a batch where every clip failed is not swapped in
     ok = [c for c in index["clips"] if c["status"] == "ok"]
     return StageOutput(
         metadata={
@@ -117,7 +118,7 @@ def run_region_tracks(params: Params) -> StageOutput:
             "tracks": sum(c["tracks"] for c in ok),
             "scenes": sum(c["scenes"] for c in ok),
             "scene_frames": sum(c["scene_frames"] for c in ok),
-            **_failures(index),
+            **failures,
         },
         files=[REGION_TRACKS / "index.json"],
         input_hash=_hash_files(RAW_CLIPS / "manifest.json"),
@@ -139,9 +140,10 @@ def _render_stage(params: Params, out: Path, fn, section, label: str) -> StageOu
         ]
         index = _index(map_clips(fn, jobs, params.data.workers, label))
         write_json(tmp / "index.json", index)
+        failures = _failures(index)
     ok = [c for c in index["clips"] if c["status"] == "ok"]
     return StageOutput(
-        metadata={"clips": len(ok), "scenes": sum(c["scenes"] for c in ok), "frames": sum(c["frames"] for c in ok), **_failures(index)},
+        metadata={"clips": len(ok), "scenes": sum(c["scenes"] for c in ok), "frames": sum(c["frames"] for c in ok), **failures},
         files=[out / "index.json"],
         input_hash=_hash_files(REGION_TRACKS / "index.json"),
     )
