@@ -29,9 +29,9 @@ def run_stage(
     run_id: str | None = None,
 ) -> StageReport:
     st = lookup(name)
-    # OpenCV's worker threads pick up floating-point state from the DNN detector (seen: the same stages in one
-    # process gave different pixels run to run). One OpenCV thread keeps every output byte-identical; per-clip
-    # parallelism comes from `data.workers` processes instead.
+    # With more than one OpenCV thread the detectors' boxes differed run to run (seen: 3 distinct results
+    # in 3 runs on the same clip), for ~15% speed. One thread keeps outputs byte-identical; clips still
+    # run in parallel across `data.workers` processes.
     cv2.setNumThreads(1)
     params = params or load_params(params_path)  # validated before any work starts
     started = time.perf_counter()
