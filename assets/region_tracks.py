@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from assets.atomic import write_json
 from assets.detect import build_detector
@@ -27,7 +28,8 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking) -> dict:
     path = Path(clip["path"])
     detector = build_detector(path, detection)
     detections: list[list] = []
-    for index, frame in enumerate(read_frames(path)):
+    frames = tqdm(read_frames(path), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
+    for index, frame in enumerate(frames):
         detections.append(detector(frame, index) if index % detection.every_n_frames == 0 else [])
     if len(detections) < clip["frames"]:
         raise VideoError(f"{path}: decoded {len(detections)} of {clip['frames']} frames")

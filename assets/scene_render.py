@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from assets.lada_meta import scene_name
 from assets.region_tracks import scenes_by_frame
@@ -50,7 +51,8 @@ def render_scenes(
             return writers[(scene.id, key)]
 
         index = -1
-        for index, frame in enumerate(read_frames(record["path"], 0, last)):
+        frames = tqdm(read_frames(record["path"], 0, last), total=last, desc=record["clip_id"], unit="frame", leave=False, disable=None)
+        for index, frame in enumerate(frames):
             for scene in active.get(index, ()):
                 offset = index - scene.start
                 for key, image in transform(scene, offset, frame).items():

@@ -133,3 +133,20 @@ def run_url(params: Params, run) -> str | None:
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{rid}"
     return f"mlflow ui --backend-store-uri {uri}  →  experiment {exp}, run {rid}"
+
+
+
+def log_report(run, report_dir: Path, artifact_dir: str = "report") -> None:
+    """Log an evaluation report folder (metrics.json, HTML page, its images) to an open MLflow run: numeric
+    metrics as metrics, the whole folder as artifacts so the page's relative image links keep working."""
+    if run is None:
+        return
+    import json
+
+    import mlflow
+
+    values = json.loads((Path(report_dir) / "metrics.json").read_text())
+    numeric = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        mlflow.log_metrics(numeric, step=0)
+    mlflow.log_artifacts(str(report_dir), artifact_path=artifact_dir)
