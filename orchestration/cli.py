@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
+from orchestration.eval_cli import eval_app
+
 app = typer.Typer(help="aubergine: train and ship privacy-replacement models.", no_args_is_help=True, add_completion=False)
 params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
 tracking_app = typer.Typer(help="MLflow tracking store.", no_args_is_help=True)
@@ -17,6 +19,7 @@ dataset_app = typer.Typer(help="Restoration datasets (Lada version-2 layout).", 
 app.add_typer(params_app, name="params")
 app.add_typer(tracking_app, name="tracking")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(eval_app, name="eval")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 
