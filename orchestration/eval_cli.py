@@ -92,3 +92,113 @@ def psnr_cmd(
     except (FrameMismatchError, VideoError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     _emit("psnr", result["summary"], out, mlflow_log, tables={"Per file": result["per_file"]})
+
+
+def _images(folder: Path) -> tuple[list[str], list]:
+    from evaluation.fid import _read_rgb, list_images
+
+    files = list_images(folder)
+    return [f.name for f in files], [_read_rgb(f) for f in files]
+
+
+@eval_app.command("fid")
+def fid_cmd(
+    dir_a: Path,
+    dir_b: Path,
+    weights: Annotated[Optional[Path], typer.Option(help="converted FID Inception weights (make setup)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    cache: Annotated[bool, typer.Option(help="cache per-folder statistics in data/cache/fid")] = True,
+    out: OutOpt = None,
+    mlflow_log: MlflowOpt = False,
+) -> None:
+    """FID between the images of two folders (pytorch-fid, genuine FID Inception weights)."""
+    from assets.weights import WeightsError
+    from evaluation.fid import DEFAULT_CACHE_DIR, FID_WEIGHTS, fid_between_dirs
+
+    try:
+        result = fid_between_dirs(dir_a, dir_b, cache_dir=DEFAULT_CACHE_DIR if cache else None,
+                                  weights_path=weights or FID_WEIGHTS, batch_size=batch_size, device=device)
+    except (WeightsError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    _emit("fid", result, out, mlflow_log)
+
+
+@eval_app.command("identity")
+def identity_cmd(
+    orig_dir: Path,
+    anon_dir: Path,
+    backend: Annotated[str, typer.Option(help="dlib (offline default) | arcface (needs --pack)")] = "dlib",
+    pack: Annotated[Optional[Path], typer.Option(help="insightface buffalo_l folder holding w600k_r50.onnx")] = None,
+    out: OutOpt = None,
+    mlflow_log: MlflowOpt = False,
+) -> None:
+    """Identity similarity and re-identification rate between same-named images of two folders."""
+    from assets.weights import WeightsError
+    from evaluation.identity import ArcFaceIdentity, DlibIdentity, identity_scores
+
+    try:
+        names_a, orig = _images(orig_dir)
+        names_b, anon = _images(anon_dir)
+        if names_a != names_b:
+            _fail(f"{orig_dir} and {anon_dir} must hold the same image names; differing: "
+                  f"{sorted(set(names_a) ^ set(names_b))[:5]}")
+        if backend == "arcface":
+            if pack is None:
+                _fail("--backend arcface needs --pack DIR (insightface's buffalo_l folder with w600k_r50.onnx)")
+            model = ArcFaceIdentity(pack)
+        elif backend == "dlib":
+            model = DlibIdentity()
+        else:
+            _fail(f"--backend {backend!r}: allowed are dlib, arcface")
+        result = identity_scores(orig, anon, model)
+    except (WeightsError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    per_image = [{"image": names_a[row["index"]], **row} for row in result.pop("per_image")]
+    metrics = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    metrics.update({f"missing_{k}": v for k, v in result["missing"].items()})
+    _emit("identity", metrics, out, mlflow_log, tables={"Per image": per_image})
+
+
+@eval_app.command("ocr")
+def ocr_cmd(
+    path: Path,
+    expected: Annotated[Optional[list[str]], typer.Option("--expected", help="expected plate text, once per plate")] = None,
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="plate box x0,y0,x1,y1 (repeat per plate)")] = None,
+    original: Annotated[bool, typer.Option(help="score as anonymization: rate at which the ORIGINAL text is still read")] = False,
+    out: OutOpt = None,
+    mlflow_log: MlflowOpt = False,
+) -> None:
+    """Read plates with EasyOCR (offline English weights); with --expected, score exact and character accuracy."""
+    from assets.weights import WeightsError
+    from evaluation.fid import _read_rgb, list_images
+    from evaluation.ocr import PlateReader, normalize_plate, original_text_rate, plate_accuracy
+
+    files = [path] if path.is_file() else list_images(path) if path.is_dir() else _fail(f"{path}: no such file or folder")
+    try:
+        boxes = [tuple(float(v) for v in b.split(",")) for b in (box or [])]
+    except ValueError:
+        _fail(f"--box must be x0,y0,x1,y1 numbers, got {box}")
+    if any(len(b) != 4 for b in boxes):
+        _fail(f"--box must be x0,y0,x1,y1, got {box}")
+    try:
+        reader = PlateReader()
+        reads = []
+        for file in files:
+            image = _read_rgb(file)
+            if boxes:
+                reads += [{"file": file.name, "box": list(b), "text": reader.read_plate(image, b)} for b in boxes]
+            else:
+                reads += [{"file": file.name, "text": normalize_plate(r.text), "confidence": r.confidence,
+                           "box": [round(v, 1) for v in r.box]} for r in reader.read(image)]
+    except (WeightsError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    metrics: dict = {"backend": reader.name, "reads": len(reads)}
+    if expected:
+        texts = [r["text"] for r in reads]
+        if original:
+            metrics["original_text_rate"] = original_text_rate(texts, expected)
+        else:
+            metrics.update({f"plate_{k}": v for k, v in plate_accuracy(texts, expected).items()})
+    typer.echo(json.dumps({"reads": reads}, indent=1), err=True)
+    _emit("ocr", metrics, out, mlflow_log, tables={"Reads": reads})
