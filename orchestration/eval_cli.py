@@ -94,10 +94,31 @@ def psnr_cmd(
     _emit("psnr", result["summary"], out, mlflow_log, tables={"Per file": result["per_file"]})
 
 
-def _images(folder: Path) -> tuple[list[str], list]:
-    from evaluation.fid import _read_rgb, list_images
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-    files = list_images(folder)
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        _fail(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        _fail(f"{folder}: no png/jpg images")
+    return files
+
+
+def _read_rgb(path: Path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as err:
+        _fail(f"{path}: not a readable image ({err})")
+
+
+def _images(folder: Path) -> tuple[list[str], list]:
+    files = _image_files(folder)
     return [f.name for f in files], [_read_rgb(f) for f in files]
 
 
@@ -109,6 +130,7 @@ def fid_cmd(
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     cache: Annotated[bool, typer.Option(help="cache per-folder statistics in data/cache/fid")] = True,
+    method: Annotated[str, typer.Option(help="pytorch-fid (scipy sqrtm, the reference) | eigh (same formula, ~10x faster)")] = "pytorch-fid",
     out: OutOpt = None,
     mlflow_log: MlflowOpt = False,
 ) -> None:
@@ -118,7 +140,8 @@ def fid_cmd(
 
     try:
         result = fid_between_dirs(dir_a, dir_b, cache_dir=DEFAULT_CACHE_DIR if cache else None,
-                                  weights_path=weights or FID_WEIGHTS, batch_size=batch_size, device=device)
+                                  weights_path=weights or FID_WEIGHTS, batch_size=batch_size, device=device,
+                                  method=method)
     except (WeightsError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     _emit("fid", result, out, mlflow_log)
@@ -171,10 +194,9 @@ def ocr_cmd(
 ) -> None:
     """Read plates with EasyOCR (offline English weights); with --expected, score exact and character accuracy."""
     from assets.weights import WeightsError
-    from evaluation.fid import _read_rgb, list_images
     from evaluation.ocr import PlateReader, normalize_plate, original_text_rate, plate_accuracy
 
-    files = [path] if path.is_file() else list_images(path) if path.is_dir() else _fail(f"{path}: no such file or folder")
+    files = [path] if path.is_file() else _image_files(path)
     try:
         boxes = [tuple(float(v) for v in b.split(",")) for b in (box or [])]
     except ValueError:

@@ -74,3 +74,36 @@ def test_eval_psnr_between_folders_and_mlflow_logging(project, tmp_path, monkeyp
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and abs(runs[0].data.metrics["psnr"] - metrics["psnr"]) < 1e-9
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")} >= {"report/metrics.json", "report/report.html"}
+
+
+def _save(folder, images):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_eval_identity_and_fid_commands(tmp_path):
+    from skimage import data
+
+    face = data.astronaut()
+    orig = _save(tmp_path / "orig", [face])
+    anon_img = face.copy()
+    anon_img[60:180, 170:280] = 128  # the face flattened away
+    same = _save(tmp_path / "same", [face])
+    anon = _save(tmp_path / "anon", [anon_img])
+    kept = _json(runner.invoke(app, ["eval", "identity", str(orig), str(same)]).stdout)
+    gone = _json(runner.invoke(app, ["eval", "identity", str(orig), str(anon)]).stdout)
+    assert kept["backend"].startswith("dlib") and kept["reid_rate"] == 1.0
+    assert gone["reid_rate"] == 0.0
+    bad = runner.invoke(app, ["eval", "identity", str(orig), str(same), "--backend", "arcface", "--pack", str(tmp_path)])
+    assert bad.exit_code == 2 and "w600k_r50.onnx" in bad.output
+
+    crops = [np.ascontiguousarray(img[:128, :128]) for img in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())]
+    a = _save(tmp_path / "a", crops)
+    result = runner.invoke(app, ["eval", "fid", str(a), str(a), "--no-cache", "--method", "eigh"])
+    assert result.exit_code == 0, result.output
+    metrics = _json(result.stdout)
+    assert abs(metrics["fid"]) < 1e-6 and metrics["n_a"] == 4 and "pytorch-fid" in metrics["backend"]
+    missing = runner.invoke(app, ["eval", "fid", str(a), str(a), "--weights", str(tmp_path / "nope.pth")])
+    assert missing.exit_code == 2 and "nope.pth" in missing.output and "make setup" in missing.output
