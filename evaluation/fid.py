@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from assets.atomic import atomic_path
 from assets.weights import WeightsError, verify_weights
 from evaluation import fid_weights
+from evaluation.images import read_rgb
 
 FID_WEIGHTS = Path("data/models/fid") / fid_weights.WEIGHTS_NAME
 DEFAULT_CACHE_DIR = Path("data/cache/fid")
@@ -251,11 +252,6 @@ def content_hash(files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _load_cached(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -282,7 +278,7 @@ def folder_statistics(folder: str | Path, model: torch.nn.Module, cache_dir: str
         cache_path = Path(cache_dir) / f"{key}.npz"
         if (hit := _load_cached(cache_path, len(files))) is not None:
             return hit[0], hit[1], len(files), True
-    feats = features((_read_rgb(p) for p in files), model, batch_size, total=len(files), progress=progress,
+    feats = features((read_rgb(p) for p in files), model, batch_size, total=len(files), progress=progress,
                      desc=f"FID features {Path(folder).name}")
     mu, sigma = statistics(feats)
     if cache_path is not None:

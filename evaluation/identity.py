@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from assets.weights import verify_weights
+from evaluation.images import as_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,17 +105,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else 0.0
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3])
-
-
 def _area(box: Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
@@ -159,7 +149,7 @@ class DlibIdentity:
         self._net = dlib.face_recognition_model_v1(str(resnet))
 
     def detect(self, image_rgb: np.ndarray) -> list[Box]:
-        image = _as_rgb(image_rgb)
+        image = as_rgb(image_rgb)
         for upsample in range(self.max_upsample + 1):
             rects, scores, _ = self._detector.run(image, upsample, 0.0)
             boxes = [(float(r.left()), float(r.top()), float(r.right() + 1), float(r.bottom() + 1))
@@ -169,7 +159,7 @@ class DlibIdentity:
         return []
 
     def embed(self, image_rgb: np.ndarray, box: Box | None = None) -> list[Face]:
-        image = _as_rgb(image_rgb)
+        image = as_rgb(image_rgb)
         boxes = [tuple(float(v) for v in box)] if box is not None else self.detect(image)
         faces = []
         for b in boxes:
@@ -216,7 +206,7 @@ def align_arcface(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = ARCF
     """The (size, size, 3) crop insightface's norm_crop makes: landmarks -> ARCFACE_TEMPLATE, black border."""
     landmarks = np.asarray(landmarks, np.float64).reshape(5, 2)
     matrix = umeyama_similarity(landmarks, ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
-    return cv2.warpAffine(_as_rgb(image_rgb), matrix, (size, size), borderValue=0.0)
+    return cv2.warpAffine(as_rgb(image_rgb), matrix, (size, size), borderValue=0.0)
 
 
 def arcface_blob(aligned_rgb: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -239,7 +229,7 @@ class YuNetLandmarks:
         self.max_side = max_side
 
     def __call__(self, image_rgb: np.ndarray) -> list[tuple[Box, np.ndarray, float]]:
-        image = _as_rgb(image_rgb)
+        image = as_rgb(image_rgb)
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         if scale < 1.0:
@@ -310,7 +300,7 @@ class ArcFaceIdentity:
         return [(box, match)] if match is not None else []
 
     def embed(self, image_rgb: np.ndarray, box: Box | None = None) -> list[Face]:
-        image = _as_rgb(image_rgb)
+        image = as_rgb(image_rgb)
         found = self._find(image, box)
         if not found:
             return []

