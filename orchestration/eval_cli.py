@@ -180,7 +180,9 @@ def identity_cmd(
     per_image = [{"image": names_a[row["index"]], **row} for row in result.pop("per_image")]
     metrics = {k: v for k, v in result.items() if not isinstance(v, dict)}
     metrics.update({f"missing_{k}": v for k, v in result["missing"].items()})
-    _emit("identity", metrics, out, mlflow_log, tables={"Per image": per_image})
+    shown = min(6, len(orig))
+    grids = [("Original / anonymized", {"original": orig[:shown], "anonymized": anon[:shown]})]
+    _emit("identity", metrics, out, mlflow_log, tables={"Per image": per_image}, grids=grids)
 
 
 @eval_app.command("ocr")

@@ -93,7 +93,9 @@ def test_eval_identity_and_fid_commands(tmp_path):
     same = _save(tmp_path / "same", [face])
     anon = _save(tmp_path / "anon", [anon_img])
     kept = _json(runner.invoke(app, ["eval", "identity", str(orig), str(same)]).stdout)
-    gone = _json(runner.invoke(app, ["eval", "identity", str(orig), str(anon)]).stdout)
+    gone = _json(runner.invoke(app, ["eval", "identity", str(orig), str(anon), "--out", str(tmp_path / "rep")]).stdout)
+    page = (tmp_path / "rep/report.html").read_text()
+    assert "Original / anonymized" in page and list((tmp_path / "rep/images").glob("*.png"))
     assert kept["backend"].startswith("dlib") and kept["reid_rate"] == 1.0
     assert gone["reid_rate"] == 0.0
     bad = runner.invoke(app, ["eval", "identity", str(orig), str(same), "--backend", "arcface", "--pack", str(tmp_path)])
