@@ -16,7 +16,7 @@ from assets.tracks import Scene, associate, build_scenes, cut_and_pad, region_ma
 from assets.video import MASK_ENCODER, VideoError, VideoWriter, read_frames
 
 
-def scene_mask_frames(scene: Scene, frame_shape: tuple[int, int], mask_shape: str):
+def scene_mask_frames(scene: Scene, mask_shape: str):
     """The padded crop of the region mask, frame by frame (no video decoding needed)."""
     for region, crop, pad in zip(scene.regions, scene.crops, scene.pads):
         cx0, cy0, cx1, cy1 = crop
@@ -40,7 +40,7 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking) -> dict:
     mask_dir = out_dir / "masks" / clip["clip_id"]
     for scene in scenes:
         with VideoWriter(mask_dir / f"{scene_name(clip['clip_id'], scene.id)}.mkv", clip["fps_fraction"], MASK_ENCODER) as w:
-            for mask in scene_mask_frames(scene, (height, width), tracking.mask_shape):
+            for mask in scene_mask_frames(scene, tracking.mask_shape):
                 w.write(mask)
     record = {
         "clip_id": clip["clip_id"],
