@@ -163,6 +163,13 @@ class DatasetParams(_Strict):
     encoder_threads: PositiveInt = 1
 
 
+# BasicVSR++'s top-level modules (training.basicvsrpp.MODULE_GROUPS; a test keeps the two equal). Kept here
+# so reading params never imports torch.
+RESTORER_MODULE_GROUPS = (
+    "spynet", "feat_extract", "deform_align", "backbone", "reconstruction", "upsample1", "upsample2", "conv_hr", "conv_last",
+)
+
+
 class Stage1Params(_Strict):
     """Restoration Stage 1 (pixel loss), defaults = the eggplant fine-tuning recipe."""
 
@@ -185,6 +192,34 @@ class Stage1Params(_Strict):
     num_blocks: PositiveInt = 15
     load_from: str | None = "weights/lada_mosaic_restoration_model_generic_v1.2.pth"
     load_from_sha256: str | None = None
+    # Only used when load_from is null: mmagic's pretrained SPyNet, so flows are meaningful from the start.
+    spynet_from: str | None = None
+    sample_interval: PositiveInt = 100  # iterations between LQ | output | GT sample grids
+    device: str = "auto"  # auto = cuda when available, else cpu
+    amp: bool = True  # mixed precision, CUDA only
+    cache_frames_mb: Annotated[int, Field(ge=0)] = 2048  # decoded scenes kept in memory between iterations
+
+    @field_validator("lr_mult")
+    @classmethod
+    def _known_groups(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(RESTORER_MODULE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown module group(s) {unknown}; groups: {list(RESTORER_MODULE_GROUPS)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("lq_size")
+    @classmethod
+    def _lq_size(cls, value: int) -> int:
+        if value < 128 or value % 4:
+            raise ValueError("must be a multiple of 4 and at least 128 (the flow network works on a quarter-size copy)")
+        return value
 
 
 class Stage2Params(_Strict):
@@ -197,12 +232,42 @@ class Stage2Params(_Strict):
     gan_loss_weight: Annotated[float, Field(ge=0)] = 0.02
     max_iters: PositiveInt = 5000
     checkpoint_interval: PositiveInt = 500
+    log_interval: PositiveInt = 10
+    sample_interval: PositiveInt = 100
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999  # generator_ema = decay * ema + (1 - decay) * generator
     vgg19_weights: str | None = "weights/vgg19-dcbb9e9d.pth"
+    vgg19_sha256: str | None = None
+
+
+class RestorationReportParams(_Strict):
+    """`restoration_report`: PSNR/SSIM on the val split, grids, and a whole-video restore of one sample."""
+
+    max_scenes: PositiveInt = 50  # val scenes evaluated (all of them on the sample data)
+    grid_frames: PositiveInt = 6
+    sample_clip: str | None = "carphone"  # raw clip run through `aubergine restore` for the report; null = skip
+    register_model: bool = True  # log the generator and register it as `eggplant-restorer` (alias challenger)
 
 
 class RestorationParams(_Strict):
     stage1: Stage1Params = Stage1Params()
     stage2: Stage2Params = Stage2Params()
+    report: RestorationReportParams = RestorationReportParams()
+
+
+class RestoreParams(_Strict):
+    """`aubergine restore` / `aubergine validate`: applying a trained restorer to whole videos."""
+
+    max_clip_length: PositiveInt = 180  # frames per restored clip (memory bound on long scenes)
+    codec: Literal["libx264", "h264_nvenc", "libx265", "hevc_nvenc"] = "libx264"
+    crf: Annotated[int, Field(ge=0, le=51)] = 18
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "medium"
+    blend_feather: Fraction = 0.1  # soft edge of the blend back into the frame, fraction of the region's short side
+    # "detect": faces/plates by the `detection` section, mosaicked as in training, then restored.
+    # "mosaic": the regions are already pixelated (found by the mosaic detector or given by sidecar boxes).
+    regions: Literal["detect", "mosaic"] = "detect"
+    mosaic_detector: Literal["grid"] | None = "grid"  # how pixelated regions are found when regions = mosaic
+    device: str = "auto"
+    fp16: bool = True  # half precision on CUDA
 
 
 class TrackingServerParams(_Strict):
@@ -223,6 +288,7 @@ class Params(_Strict):
     mosaic: MosaicParams = MosaicParams()
     dataset: DatasetParams = DatasetParams()
     restoration: RestorationParams = RestorationParams()
+    restore: RestoreParams = RestoreParams()
     mlflow: TrackingServerParams = TrackingServerParams()
 
 

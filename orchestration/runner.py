@@ -34,14 +34,17 @@ def run_stage(
     # run in parallel across `data.workers` processes.
     cv2.setNumThreads(1)
     params = params or load_params(params_path)  # validated before any work starts
-    started = time.perf_counter()
-    output = st.run(params)
-    seconds = time.perf_counter() - started
     sections = {key: section(params, key) for key in st.params if key not in ("profile", "profiles", "seed")}
+    # The run is open while the stage works, so training stages can log curves and sample grids as they go;
+    # a stage that raises leaves a FAILED run behind, which is what a person comparing runs wants to see.
     with tracking.stage_run(
-        params, stage=name, track=st.track, orchestrator=orchestrator, run_id=run_id, data_hash=output.input_hash,
+        params, stage=name, track=st.track, orchestrator=orchestrator, run_id=run_id, data_hash="",
         param_sections=sections,
     ) as run:
+        started = time.perf_counter()
+        output = st.run(params)
+        seconds = time.perf_counter() - started
+        tracking.set_tags({"data.input_hash": output.input_hash})
         metrics = {**output.metadata, "duration_s": round(seconds, 3)}
         tracking.log_stage_outputs(run, metrics, list(output.images.values()) + [p for p in output.files if p.is_file()])
         run_id_out = run.info.run_id if run is not None else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestration import lineage
+from orchestration import lineage, restoration_stages
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,11 @@ class Stage:
 # Every stage depends on the switch that picks the recipe, and on the seed.
 COMMON_PARAMS = ("profile", "profiles", "seed")
 COMMON_CODE = ("orchestration/config.py", "orchestration/lineage.py", "assets/atomic.py", "assets/batch.py", "assets/video.py")
+
+TRAINING_CODE = (
+    "orchestration/restoration_stages.py", "training/basicvsrpp.py", "training/checkpoints.py", "training/data.py",
+    "training/geometry.py", "training/loop.py", "training/restorer.py", "assets/lada_meta.py",
+)
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -99,6 +104,52 @@ STAGES: tuple[Stage, ...] = (
         code=("assets/restoration_dataset.py", "assets/lada_meta.py", "assets/contact_sheet.py"),
         kinds=("python", "video", "lada"),
         metrics=(str(lineage.DATASET_METRICS),),
+    ),
+    Stage(
+        name="stage1_checkpoint",
+        group="restoration",
+        description="Stage 1 fine-tuning of BasicVSR++ (Lada's generator) on the LQ/GT pairs: Charbonnier loss, "
+        "Adam, spynet/feat_extract/deform_align/backbone frozen (requires_grad off); resumes from its last "
+        "checkpoint; curves and LQ | output | GT grids to MLflow.",
+        run=restoration_stages.run_stage1,
+        upstream=("restoration_dataset",),
+        params=("restoration.stage1",),
+        outs=(str(restoration_stages.STAGE1),),
+        code=TRAINING_CODE,
+        extra_deps=(),
+        kinds=("pytorch", "mlflow"),
+        metrics=(str(restoration_stages.STAGE1_METRICS),),
+    ),
+    Stage(
+        name="stage2_checkpoint",
+        group="restoration",
+        description="Stage 2 polish from the converted Stage 1 weights: pixel + VGG19 perceptual + GAN loss with a "
+        "spectral-norm U-Net discriminator and an EMA generator; disabled = Stage 1 weights passed through.",
+        run=restoration_stages.run_stage2,
+        upstream=("stage1_checkpoint",),
+        params=("restoration.stage1", "restoration.stage2"),
+        outs=(str(restoration_stages.STAGE2),),
+        code=(*TRAINING_CODE, "training/discriminator.py", "training/perceptual.py", "training/gan_loss.py"),
+        kinds=("pytorch", "mlflow"),
+        metrics=(str(restoration_stages.STAGE2_METRICS),),
+    ),
+    Stage(
+        name="restoration_report",
+        group="restoration",
+        description="PSNR/SSIM of mosaic input vs restored output against the eggplant GT on the val split (full "
+        "frame and inside regions), before/after grids, a whole-video restore of a sample clip; registers the "
+        "generator as MLflow model `eggplant-restorer` (alias challenger).",
+        run=restoration_stages.run_restoration_report,
+        upstream=("stage2_checkpoint", "restoration_dataset", "raw_clips"),
+        params=("restoration.stage1", "restoration.report", "restore", "detection", "tracking", "mosaic"),
+        outs=(str(restoration_stages.RESTORATION_REPORT),),
+        code=(
+            "training/basicvsrpp.py", "training/checkpoints.py", "training/geometry.py", "training/restorer.py",
+            "evaluation/restoration_eval.py", "evaluation/restoration_metrics.py", "evaluation/report.py",
+            "inference/restore_video.py", "orchestration/tracking.py",
+        ),
+        kinds=("pytorch", "mlflow", "html"),
+        metrics=(str(restoration_stages.RESTORATION_METRICS),),
     ),
 )
 

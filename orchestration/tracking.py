@@ -101,6 +101,7 @@ def stage_run(
         "data.input_hash": data_hash,
         "dagster.run_id" if orchestrator == "dagster" else "aubergine.run_id": run_id or orchestrator,
     }
+    tags = {k: v for k, v in tags.items() if v}
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = exp_name
     with mlflow.start_run(experiment_id=experiment_id(params, track), run_name=f"{stage}", tags=tags) as run:
@@ -150,3 +151,58 @@ def log_report(run, report_dir: Path, artifact_dir: str = "report") -> None:
     if numeric:
         mlflow.log_metrics(numeric, step=0)
     mlflow.log_artifacts(str(report_dir), artifact_path=artifact_dir)
+
+
+def log_step(metrics: dict[str, float], step: int) -> None:
+    """Log training metrics at `step` to the active stage run (no-op without one, e.g. tracking disabled)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_image(path: Path, artifact_dir: str) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+
+
+def log_dir(path: Path, artifact_dir: str) -> None:
+    """A whole folder (e.g. a report with its images) as artifacts of the active run."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifacts(str(path), artifact_path=artifact_dir)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tags(tags)
+
+
+def register_pytorch_model(params: Params, model, name: str, alias: str = "challenger", tags: dict | None = None) -> dict:
+    """Log `model` on the active run and register it as a new version of `name`, aliased `alias`.
+
+    Pickle serialisation: MLflow 3's default `torch.export` path cannot trace deformable convolution, and
+    the pickled module loads back with `mlflow.pytorch.load_model("models:/<name>@<alias>")`. The `training`
+    package rides along as code, so the model loads in any environment that has torch and torchvision.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None:
+        return {"registered": False, "reason": "tracking disabled"}
+    info = mlflow.pytorch.log_model(
+        model, name="model", serialization_format="pickle", code_paths=[str(repo_root() / "training")],
+        pip_requirements=["torch", "torchvision"],
+    )
+    version = mlflow.register_model(info.model_uri, name, tags=tags or {})
+    client = MlflowClient()
+    client.set_registered_model_alias(name, alias, version.version)
+    return {"registered": True, "model": name, "version": int(version.version), "alias": alias,
+            "model_uri": f"models:/{name}/{version.version}", "run_id": run.info.run_id}

@@ -1,0 +1,332 @@
+"""The restoration training loop: Stage 1 (Charbonnier pixel loss) and Stage 2 (+ perceptual + GAN, EMA).
+
+One loop for both stages, because Stage 2 with both extra loss weights at 0 must BE Stage 1: with the
+weights at 0 the discriminator and VGG are never built or stepped, and the generator sees the same
+batches, the same loss and the same optimiser, so its weights come out identical (tested).
+
+Freezing: a module group whose lr multiplier is 0 gets `requires_grad=False`, so autograd does not even
+compute its gradients. The mmengine recipe keeps them trainable at lr 0 and still pays for their backward
+pass; `bench/basicvsrpp.py` measures the difference.
+
+Resume: `<work_dir>/latest.pth` holds generator (+EMA, discriminator), optimisers, AMP scaler, iteration,
+the sampler's and torch's RNG state and the loss history, written atomically every `checkpoint_interval`.
+A run whose fingerprint (recipe + data) matches picks up there; a different recipe starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from training import checkpoints as ckpt
+from training.basicvsrpp import MODULE_GROUPS, BasicVSRPlusPlusNet, group_of
+from training.data import PairSampler, fixed_pair
+from training.restorer import pick_device
+
+LATEST = "latest.pth"
+
+
+@dataclass
+class TrainSettings:
+    stage: str  # "stage1" | "stage2"
+    dataset_root: Path
+    work_dir: Path
+    fingerprint: str  # recipe + data identity; a checkpoint with another fingerprint is not resumed
+    num_frame: int = 12
+    batch_size: int = 1
+    max_iters: int = 3000
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    sample_interval: int = 100
+    lr: float = 5e-5
+    lr_discriminator: float = 5e-5
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    lq_size: int = 256
+    mid_channels: int = 64
+    num_blocks: int = 15
+    init_from: Path | None = None  # Lada/our checkpoint to start from
+    init_sha256: str | None = None
+    spynet_from: Path | None = None
+    perceptual_weight: float = 0.0
+    gan_loss_weight: float = 0.0
+    vgg19_weights: Path | None = None
+    vgg19_sha256: str | None = None
+    ema_decay: float | None = None  # None: no EMA generator (Stage 1)
+    seed: int = 1234
+    device: str = "auto"
+    amp: bool = True
+    cache_mb: int = 2048
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    iterations: int
+    resumed_from: int
+    history: list[dict]
+    seconds: float
+    trainable_params: int
+    frozen_params: int
+    device: str
+    labels: dict[str, str]
+
+
+Hook = Callable[[dict, int], None]
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return torch.sqrt((pred - target) ** 2 + eps).mean()
+
+
+def apply_freezing(model: BasicVSRPlusPlusNet, lr_mult: dict[str, float]) -> tuple[int, int]:
+    """requires_grad=False for groups at lr multiplier 0; returns (trainable, frozen) parameter counts."""
+    trainable = frozen = 0
+    for name, p in model.named_parameters():
+        keep = lr_mult.get(group_of(name), 1.0) > 0
+        p.requires_grad_(keep)
+        if keep:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    return trainable, frozen
+
+
+def param_groups(model: BasicVSRPlusPlusNet, lr: float, lr_mult: dict[str, float]) -> list[dict]:
+    groups = []
+    for group in MODULE_GROUPS:
+        params = [p for n, p in model.named_parameters() if group_of(n) == group and p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lr * lr_mult.get(group, 1.0), "name": group})
+    return groups
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _init_generator(s: TrainSettings) -> tuple[BasicVSRPlusPlusNet, dict[str, str]]:
+    labels = {}
+    if s.init_from is not None:
+        model, info = ckpt.load_generator(s.init_from, s.init_sha256)
+        labels["init"] = f"{s.init_from} ({info['part']} weights, mid_channels={info['mid_channels']}, num_blocks={info['num_blocks']})"
+        return model, labels
+    torch.manual_seed(s.seed)
+    model = BasicVSRPlusPlusNet(s.mid_channels, s.num_blocks)
+    labels["init"] = f"random init (embedded default: no pretrained Lada weights), mid_channels={s.mid_channels}, num_blocks={s.num_blocks}"
+    if s.spynet_from is not None:
+        ckpt.load_spynet(model, s.spynet_from)
+        labels["spynet"] = str(s.spynet_from)
+    return model, labels
+
+
+class _Gan:
+    """Stage 2's extra parts, built only when their loss weight is above 0."""
+
+    def __init__(self, s: TrainSettings, device: torch.device):
+        self.perceptual = self.disc = self.gan_loss = self.opt_d = None
+        self.labels: dict[str, str] = {}
+        if s.perceptual_weight > 0:
+            from training.perceptual import PerceptualLoss
+
+            self.perceptual = PerceptualLoss(
+                vgg_weights=s.vgg19_weights, perceptual_weight=s.perceptual_weight, seed=s.seed, channel_order="bgr",
+                **({"sha256": s.vgg19_sha256} if s.vgg19_sha256 else {}),
+            ).to(device)
+            self.labels["perceptual"] = self.perceptual.weights_label
+        if s.gan_loss_weight > 0:
+            from training.discriminator import UNetDiscriminatorWithSpectralNorm
+            from training.gan_loss import GANLoss
+
+            torch.manual_seed(s.seed + 1)
+            self.disc = UNetDiscriminatorWithSpectralNorm(3, 64, skip_connection=True).to(device)
+            self.gan_loss = GANLoss("vanilla", loss_weight=s.gan_loss_weight).to(device)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=s.lr_discriminator, betas=(0.9, 0.99))
+            self.labels["discriminator"] = "U-Net discriminator with spectral norm (random init)"
+
+
+def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Path, int], None] | None = None) -> TrainResult:
+    device = pick_device(s.device)
+    use_amp = s.amp and device.type == "cuda"
+    s.work_dir.mkdir(parents=True, exist_ok=True)
+    sampler = PairSampler(s.dataset_root, "train", s.num_frame, s.lq_size, s.seed, s.cache_mb)
+    generator, labels = _init_generator(s)
+    generator.to(device).train()
+    trainable, frozen = apply_freezing(generator, s.lr_mult)
+    if trainable == 0:
+        raise ValueError(f"{s.stage}: every module group has lr multiplier 0, nothing would train")
+    opt_g = torch.optim.Adam(param_groups(generator, s.lr, s.lr_mult), lr=s.lr, betas=(0.9, 0.99))
+    ema = ckpt.clone_frozen(generator) if s.ema_decay is not None else None
+    gan = _Gan(s, device)
+    labels.update(gan.labels)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict] = []
+    start = 0
+
+    latest = s.work_dir / LATEST
+    if latest.is_file():
+        state = ckpt.read_checkpoint(latest, None, "delete the work folder to start afresh")
+        if (state.get("meta") or {}).get("fingerprint") == s.fingerprint:
+            sd = ckpt.state_dict_of(state)
+            ckpt.load_strict(generator, ckpt.split_prefix(sd, "generator."), f"{latest} (generator)")
+            if ema is not None:
+                ckpt.load_strict(ema, ckpt.split_prefix(sd, "generator_ema."), f"{latest} (generator_ema)")
+            if gan.disc is not None:
+                ckpt.load_strict(gan.disc, ckpt.split_prefix(sd, "discriminator."), f"{latest} (discriminator)")
+                gan.opt_d.load_state_dict(state["optimizers"]["discriminator"])
+            opt_g.load_state_dict(state["optimizers"]["generator"])
+            scaler.load_state_dict(state["scaler"])
+            sampler.load_state(state["rng"]["sampler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            history = list(state.get("history", []))
+            start = int(state["meta"]["iteration"])
+            labels["resumed"] = f"from {latest} at iteration {start}"
+
+    def save(iteration: int, dest: Path) -> Path:
+        meta = {**generator.config, "stage": s.stage, "iteration": iteration, "fingerprint": s.fingerprint,
+                "labels": json.dumps(labels)}
+        payload = {
+            "meta": meta,
+            "state_dict": ckpt.lada_state_dict(generator, ema, gan.disc),
+            "optimizers": {"generator": opt_g.state_dict(), **({"discriminator": gan.opt_d.state_dict()} if gan.opt_d else {})},
+            "scaler": scaler.state_dict(),
+            "rng": {"sampler": sampler.state(), "torch": torch.get_rng_state()},
+            "history": history,
+        }
+        return ckpt.save_atomic(payload, dest)
+
+    sample_batch = fixed_pair(s.dataset_root, "val", s.num_frame, s.lq_size) or fixed_pair(s.dataset_root, "train", s.num_frame, s.lq_size)
+    began = time.perf_counter()
+    window_start, window_iters = time.perf_counter(), 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=s.max_iters, initial=start, desc=s.stage, unit="it", disable=not s.progress)
+    for iteration in range(start + 1, s.max_iters + 1):
+        batch = sampler.sample(s.batch_size)
+        lq, gt = batch.lq.to(device), batch.gt.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            out = generator(lq)
+            losses = {"loss_pix": charbonnier(out.float(), gt)}
+            if gan.perceptual is not None:
+                losses["loss_perceptual"] = gan.perceptual(out.flatten(0, 1).float(), gt.flatten(0, 1))
+            if gan.disc is not None:
+                for p in gan.disc.parameters():
+                    p.requires_grad_(False)
+                losses["loss_gan"] = gan.gan_loss(gan.disc(out.flatten(0, 1)), True, is_disc=False)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{s.stage}: loss is {loss.item()} at iteration {iteration} (batch {batch.names})")
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt_g)
+        if gan.disc is not None:
+            for p in gan.disc.parameters():
+                p.requires_grad_(True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                real = gan.gan_loss(gan.disc(gt.flatten(0, 1)), True, is_disc=True)
+                fake = gan.gan_loss(gan.disc(out.detach().flatten(0, 1)), False, is_disc=True)
+            gan.opt_d.zero_grad(set_to_none=True)
+            scaler.scale(real + fake).backward()
+            scaler.step(gan.opt_d)
+            losses["loss_d_real"], losses["loss_d_fake"] = real, fake
+        scaler.update()
+        if ema is not None:
+            with torch.no_grad():
+                for e, g in zip(ema.parameters(), generator.parameters()):
+                    e.lerp_(g, 1.0 - s.ema_decay)
+                for e, g in zip(ema.buffers(), generator.buffers()):
+                    e.copy_(g)
+        window_iters += 1
+        bar.update(1)
+
+        if iteration % s.log_interval == 0 or iteration == s.max_iters:
+            elapsed = time.perf_counter() - window_start
+            record = {k: float(v.detach()) for k, v in losses.items()}
+            record.update({
+                "iteration": iteration, "lr": opt_g.param_groups[0]["lr"], "iters_per_s": window_iters / max(elapsed, 1e-9),
+                "peak_memory_mb": _peak_memory_mb(device),
+            })
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss_pix']:.4f}")
+            if on_log:
+                on_log({k: v for k, v in record.items() if k != "iteration"}, iteration)
+            window_start, window_iters = time.perf_counter(), 0
+        if on_sample and sample_batch is not None and (iteration % s.sample_interval == 0 or iteration == s.max_iters):
+            on_sample(_sample_grid(ema or generator, sample_batch, device, s.work_dir / f"sample_{iteration:06d}.png", iteration), iteration)
+        if iteration % s.checkpoint_interval == 0 or iteration == s.max_iters:
+            save(iteration, latest)
+    bar.close()
+    if start >= s.max_iters and not latest.is_file():
+        save(start, latest)
+    return TrainResult(
+        checkpoint=latest, iterations=max(start, s.max_iters), resumed_from=start, history=history,
+        seconds=time.perf_counter() - began, trainable_params=trainable, frozen_params=frozen, device=str(device),
+        labels=labels,
+    )
+
+
+@torch.no_grad()
+def _sample_grid(model: BasicVSRPlusPlusNet, batch, device: torch.device, dest: Path, iteration: int) -> Path:
+    from assets import contact_sheet
+    from training.geometry import to_frames
+
+    was_training = model.training
+    model.eval()
+    out = model(batch.lq.to(device))[0]
+    model.train(was_training)
+    picks = contact_sheet.pick_indices(batch.lq.shape[1], 4)
+    lq, gt, res = to_frames(batch.lq[0]), to_frames(batch.gt[0]), to_frames(out)
+    sheet = contact_sheet.grid(
+        {"LQ": [lq[i] for i in picks], "output": [res[i] for i in picks], "GT": [gt[i] for i in picks]},
+        f"{batch.names[0]} | iteration {iteration}",
+    )
+    return contact_sheet.save_png(sheet, dest)
+
+
+def write_curves(history: list[dict], dest: Path, title: str) -> Path:
+    """Loss curves as a PNG, for MLflow, Dagster and the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from assets.atomic import atomic_path
+
+    keys = [k for k in (history[0] if history else {}) if k.startswith("loss")]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for key in keys:
+        ax.plot([h["iteration"] for h in history], [h[key] for h in history], label=key)
+    ax.set_xlabel("iteration")
+    ax.set_yscale("log" if all(h[k] > 0 for h in history for k in keys) and keys else "linear")
+    ax.set_title(title)
+    if keys:
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return dest
+
+
+def summary(result: TrainResult) -> dict:
+    last = result.history[-1] if result.history else {}
+    return {
+        "iterations": result.iterations,
+        "resumed_from": result.resumed_from,
+        "final_loss_pix": last.get("loss_pix", math.nan),
+        "iters_per_s": last.get("iters_per_s", math.nan),
+        "peak_memory_mb": last.get("peak_memory_mb", math.nan),
+        "trainable_params": result.trainable_params,
+        "frozen_params": result.frozen_params,
+        "train_seconds": round(result.seconds, 2),
+    }
