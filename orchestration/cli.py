@@ -139,6 +139,78 @@ def dataset_inspect(root: Path, split: Annotated[str, typer.Option()] = "train")
     typer.echo(f"{len(dataset)} scenes in {root}/{split}", err=True)
 
 
+def _load_or_defaults(path: Path):
+    """params.yaml when it exists; outside a checkout (the default path missing) the schema's defaults."""
+    from orchestration.config import Params
+
+    if path == Path("params.yaml") and not path.is_file():
+        return Params()
+    return _load(path)
+
+
+def _inference_errors():
+    from assets.video import VideoError
+    from assets.weights import WeightsError
+    from inference.media import EncoderUnavailable
+    from inference.restore_video import RestoreError
+    from training.checkpoints import CheckpointError
+
+    return (VideoError, WeightsError, CheckpointError, EncoderUnavailable, RestoreError)
+
+
+@app.command("validate")
+def validate_cmd(
+    clips_dir: Annotated[Path, typer.Argument(help="folder of mosaic clips (any size)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <clip>.mp4 + validate.json")],
+    checkpoint: Annotated[Path, typer.Option(help="restoration checkpoint (Lada/mmagic or ours)")],
+    size: Annotated[int, typer.Option(help="model input side (clips are scaled/padded to it and back)")] = 256,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (default: restore.device)")] = None,
+    max_frames: Annotated[int, typer.Option(help="frames per forward pass")] = 30,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Restore every clip of a folder whole (no detection), same frame count, fps and size; writes validate.json.
+    Exits non-zero only when every clip failed."""
+    from inference.validate import validate_clips
+
+    p = _load_or_defaults(params)
+    try:
+        report = validate_clips(clips_dir, out, checkpoint, p, size=size, device=device, max_frames=max_frames)
+    except (*_inference_errors(), ValueError) as err:
+        _fail(str(err))
+    for name, record in report["clips"].items():
+        if record["status"] != "ok":
+            typer.secho(f"failed: {record['input']}: {record['error']}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "clips"} | {"report": str(out / "validate.json")}))
+    if report["ok"] == 0:
+        raise typer.Exit(1)
+
+
+@app.command("restore")
+def restore_cmd(
+    input: Annotated[Path, typer.Argument(help="video to restore")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="restored video (written atomically)")],
+    checkpoint: Annotated[Path, typer.Option(help="restoration checkpoint (Lada/mmagic or ours)")],
+    max_clip_length: Annotated[Optional[int], typer.Option(help="frames per restored clip (default: restore.max_clip_length)")] = None,
+    codec: Annotated[Optional[str], typer.Option(help="libx264 | libx265 | h264_nvenc | hevc_nvenc (default: restore.codec)")] = None,
+    regions: Annotated[Optional[str], typer.Option(help="detect (faces/plates, mosaicked as in training) | mosaic (already pixelated)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (default: restore.device)")] = None,
+    size: Annotated[int, typer.Option(help="model input side")] = 256,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Restore a whole video: find regions, track them, restore each clip, blend back, encode, keep the audio."""
+    from inference.restore_video import restore_video
+
+    p = _load_or_defaults(params)
+    try:
+        summary = restore_video(input, output, checkpoint, p, max_clip_length=max_clip_length, codec=codec,
+                                regions=regions, device=device, size=size)
+    except (*_inference_errors(), ValueError) as err:
+        _fail(str(err))
+    if summary.get("copied"):
+        typer.secho(summary["message"], fg=typer.colors.YELLOW, err=True)
+    typer.echo(json.dumps(summary))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
