@@ -234,6 +234,7 @@ class Stage2Params(_Strict):
     checkpoint_interval: PositiveInt = 500
     log_interval: PositiveInt = 10
     sample_interval: PositiveInt = 100
+    discriminator_channels: PositiveInt = 64  # U-Net discriminator width (Lada: 64)
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999  # generator_ema = decay * ema + (1 - decay) * generator
     vgg19_weights: str | None = "weights/vgg19-dcbb9e9d.pth"
     vgg19_sha256: str | None = None
@@ -244,7 +245,9 @@ class RestorationReportParams(_Strict):
 
     max_scenes: PositiveInt = 50  # val scenes evaluated (all of them on the sample data)
     grid_frames: PositiveInt = 6
-    sample_clip: str | None = "carphone"  # raw clip run through `aubergine restore` for the report; null = skip
+    # raw clip (its clip id) run through `aubergine restore` for the report; "auto" = the first val-split clip
+    # (held out from training); null = skip
+    sample_clip: str | None = "auto"
     register_model: bool = True  # log the generator and register it as `eggplant-restorer` (alias challenger)
 
 

@@ -149,7 +149,7 @@ def run_stage2(params: Params) -> StageOutput:
         lr_discriminator=s2.lr_discriminator, lr_mult=dict(s1.lr_mult), lq_size=s1.lq_size, init_from=init,
         perceptual_weight=s2.perceptual_weight, gan_loss_weight=s2.gan_loss_weight,
         vgg19_weights=Path(s2.vgg19_weights) if s2.vgg19_weights else None, vgg19_sha256=s2.vgg19_sha256,
-        ema_decay=s2.ema_decay, seed=params.seed, device=s1.device, amp=s1.amp, cache_mb=s1.cache_frames_mb,
+        ema_decay=s2.ema_decay, discriminator_channels=s2.discriminator_channels, seed=params.seed, device=s1.device, amp=s1.amp, cache_mb=s1.cache_frames_mb,
     )
     on_log, on_sample = _hooks("stage2")
     result = train(settings, on_log, on_sample)
@@ -164,6 +164,10 @@ def _curve_figures() -> dict[str, Path]:
             if path.is_file()}
 
 
+def _has_scenes(split: str) -> bool:
+    return any((RESTORATION_DATASET / split / "crop_unscaled_meta").glob("*.json"))
+
+
 def run_restoration_report(params: Params) -> StageOutput:
     from evaluation.report import write_report
     from evaluation.restoration_eval import evaluate_split
@@ -176,28 +180,34 @@ def run_restoration_report(params: Params) -> StageOutput:
         raise StageInputError(f"{source}: missing; materialize `stage2_checkpoint` first")
     model, info = load_generator(source)
     restorer = Restorer(model, s1.lq_size, pick_device(s1.device), fp16=False)
-    evaluation = evaluate_split(restorer.restore, RESTORATION_DATASET, "val", rep.max_scenes, rep.grid_frames)
+    split = "val" if _has_scenes("val") else "train"
+    evaluation = evaluate_split(restorer.restore, RESTORATION_DATASET, split, rep.max_scenes, rep.grid_frames)
     train1 = json.loads((STAGE1 / "train.json").read_text()) if (STAGE1 / "train.json").is_file() else {}
     init_label = (train1.get("labels") or {}).get("init", "unknown")
     embedded = s1.load_from is None
-    metrics = {**evaluation.metrics, "model_mid_channels": info["mid_channels"], "model_num_blocks": info["num_blocks"],
+    metrics = {**evaluation.metrics, "evaluated_on_val": split == "val", "model_mid_channels": info["mid_channels"], "model_num_blocks": info["num_blocks"],
                "weights": info["part"]}
     grids = list(evaluation.grids)
     notes = [
         f"Model: {source} ({info['part']} weights, mid_channels={info['mid_channels']}, num_blocks={info['num_blocks']}); "
         f"Stage 1 started from: {init_label}.",
-        "Metrics compare the mosaic input and the restored output with the eggplant GT on the val split, over each "
-        "frame's own crop; 'region' = inside the region mask.",
+        f"Metrics compare the mosaic input and the restored output with the eggplant GT on the {split} split, over "
+        "each frame's own crop; 'region' = inside the region mask.",
     ]
+    if split != "val":
+        notes.append("The val split is empty (too few clips for a split by clip), so these numbers are on the "
+                     "TRAIN split and say nothing about generalisation.")
     with atomic_dir(RESTORATION_REPORT) as tmp:
         if rep.sample_clip:
             sample = _sample_restore(params, source, rep.sample_clip, tmp / "sample")
-            if sample is not None:
+            if sample is None:
+                notes.append(f"Sample restore skipped: clip {rep.sample_clip!r} is not among the usable raw clips.")
+            else:
                 summary, sheet_rows = sample
                 metrics.update({f"sample_{k}": v for k, v in summary.items()
                                 if k in ("frames", "regions_found", "scenes", "seconds")})
-                grids.append((f"aubergine restore on {rep.sample_clip}: input | output", sheet_rows))
-                notes.append(f"Whole-video restore of `{rep.sample_clip}`: {summary.get('regions_found', 0)} regions in "
+                grids.append((f"aubergine restore on {summary['clip']}: input | output", sheet_rows))
+                notes.append(f"Whole-video restore of `{summary['clip']}`: {summary.get('regions_found', 0)} regions in "
                              f"{summary.get('frames')} frames; the video is sample/{Path(summary['output']).name}.")
         write_report(
             tmp, title="Restoration report: mosaic → eggplant (BasicVSR++)", metrics=metrics,
@@ -231,12 +241,17 @@ def _sample_restore(params: Params, checkpoint: Path, clip_id: str, out_dir: Pat
 
     manifest = json.loads((Path("data/interim/raw_clips") / "manifest.json").read_text())
     clips = {c["clip_id"]: c for c in manifest["clips"] if c["status"] == "ok"}
+    if clip_id == "auto":
+        split = "val" if _has_scenes("val") else "train"
+        val_clips = sorted({json.loads(p.read_text())["name"] for p in (RESTORATION_DATASET / split / "crop_unscaled_meta").glob("*.json")})
+        clip_id = next((c for c in val_clips if c in clips), None)
     if clip_id not in clips:
         return None
     src = Path(clips[clip_id]["path"])
     out = out_dir / f"{clip_id}_restored.mp4"
-    summary = restore_video(src, out, checkpoint, params)
+    summary = restore_video(src, out, checkpoint, params, size=params.restoration.stage1.lq_size, progress=False)
     frames_in = list(read_frames(src))
     frames_out = list(read_frames(out))
     picks = contact_sheet.pick_indices(min(len(frames_in), len(frames_out)), 5)
+    summary["clip"] = clip_id
     return summary, {"input": [frames_in[i] for i in picks], "restored": [frames_out[i] for i in picks]}

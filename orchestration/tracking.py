@@ -197,8 +197,10 @@ def register_pytorch_model(params: Params, model, name: str, alias: str = "chall
     run = mlflow.active_run()
     if run is None:
         return {"registered": False, "reason": "tracking disabled"}
+    import training
+
     info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pickle", code_paths=[str(repo_root() / "training")],
+        model, name="model", serialization_format="pickle", code_paths=[str(Path(training.__file__).parent)],
         pip_requirements=["torch", "torchvision"],
     )
     version = mlflow.register_model(info.model_uri, name, tags=tags or {})

@@ -42,7 +42,8 @@ def test_embedded_profile_only_overlays_what_it_names():
     assert embedded.restoration.stage1.max_iters == overlay["restoration"]["stage1"]["max_iters"]
     assert embedded.restoration.stage1.max_iters < full.restoration.stage1.max_iters
     # Knobs the overlay does not name are the recipe's.
-    assert embedded.restoration.stage1.lr == full.restoration.stage1.lr
+    assert embedded.restoration.stage1.lr_mult == full.restoration.stage1.lr_mult  # the recipe's freezing is kept
+    assert embedded.restoration.stage2.perceptual_weight == full.restoration.stage2.perceptual_weight
     assert embedded.mosaic == full.mosaic
     assert embedded.data.model_copy(update={"workers": full.data.workers}) == full.data
 

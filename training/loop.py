@@ -60,6 +60,7 @@ class TrainSettings:
     vgg19_weights: Path | None = None
     vgg19_sha256: str | None = None
     ema_decay: float | None = None  # None: no EMA generator (Stage 1)
+    discriminator_channels: int = 64
     seed: int = 1234
     device: str = "auto"
     amp: bool = True
@@ -139,9 +140,12 @@ class _Gan:
         if s.perceptual_weight > 0:
             from training.perceptual import PerceptualLoss
 
+            if s.vgg19_weights is not None and s.vgg19_sha256:
+                from assets.weights import verify_weights
+
+                verify_weights(s.vgg19_weights, s.vgg19_sha256, "put torchvision's vgg19-dcbb9e9d.pth at the configured path")
             self.perceptual = PerceptualLoss(
                 vgg_weights=s.vgg19_weights, perceptual_weight=s.perceptual_weight, seed=s.seed, channel_order="bgr",
-                **({"sha256": s.vgg19_sha256} if s.vgg19_sha256 else {}),
             ).to(device)
             self.labels["perceptual"] = self.perceptual.weights_label
         if s.gan_loss_weight > 0:
@@ -149,7 +153,7 @@ class _Gan:
             from training.gan_loss import GANLoss
 
             torch.manual_seed(s.seed + 1)
-            self.disc = UNetDiscriminatorWithSpectralNorm(3, 64, skip_connection=True).to(device)
+            self.disc = UNetDiscriminatorWithSpectralNorm(3, s.discriminator_channels, skip_connection=True).to(device)
             self.gan_loss = GANLoss("vanilla", loss_weight=s.gan_loss_weight).to(device)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=s.lr_discriminator, betas=(0.9, 0.99))
             self.labels["discriminator"] = "U-Net discriminator with spectral norm (random init)"

@@ -1,0 +1,103 @@
+"""The restoration track end to end on a real sample clip: stage1 → stage2 → restoration_report through the
+same runner Dagster and DVC use, with MLflow on: curves, samples, report and the registered model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from assets.video import probe_video
+from orchestration.runner import run_stage
+from tests.conftest import Project, need_media
+
+DATA_STAGES = ("raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset")
+# The overlay of the active (embedded) profile wins over the body, so the tiny sizes go into the overlay.
+TINY = {f"profiles__embedded__{k}": v for k, v in dict(
+    restoration__stage1__max_iters=3, restoration__stage1__num_frame=4, restoration__stage1__mid_channels=8,
+    restoration__stage1__num_blocks=1, restoration__stage1__checkpoint_interval=2, restoration__stage1__sample_interval=2,
+    restoration__stage1__log_interval=1, restoration__stage1__lq_size=128, restoration__stage1__load_from=None,
+    restoration__stage2__max_iters=2, restoration__stage2__discriminator_channels=8, restoration__stage2__log_interval=1,
+    restoration__stage2__checkpoint_interval=2, restoration__stage2__sample_interval=2, restoration__stage2__vgg19_weights=None,
+    restoration__report__max_scenes=2, restoration__report__sample_clip="astronaut_zoom.mp4", restore__preset="ultrafast",
+).items()} | {"mlflow__enabled": True}
+
+
+@pytest.fixture(scope="module")
+def track(tmp_path_factory):
+    need_media()
+    project = Project(tmp_path_factory.mktemp("track") / "proj")
+    project.write_params(**TINY)
+    project.add_sample("astronaut_zoom.mp4")
+    project.add_sample("carphone_pristine.mp4")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project.root)
+        for name in DATA_STAGES:
+            run_stage(name, project.params())
+        reports = {name: run_stage(name, project.params()) for name in ("stage1_checkpoint", "stage2_checkpoint", "restoration_report")}
+        yield project, reports
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def test_stage_outputs_and_metrics_files(track):
+    project, reports = track
+    train1 = json.loads(Path("data/models/restoration/stage1/train.json").read_text())
+    assert train1["iterations"] == 3 and train1["frozen_params"] > train1["trainable_params"]
+    assert "random init" in train1["labels"]["init"]
+    assert Path("data/models/restoration/stage1/curves.png").is_file()
+    sd = torch.load("data/models/restoration/stage2/generator.pth", weights_only=True)["state_dict"]
+    assert any(k.startswith("generator_ema.") for k in sd) and any(k.startswith("generator.") for k in sd)
+    assert not any(k.startswith("discriminator.") for k in sd)  # the published file is the generator only
+    for name in ("stage1", "stage2", "restoration"):
+        assert json.loads(Path(f"data/metrics/{name}.json").read_text())
+
+
+def test_report_compares_input_and_output_and_shows_a_whole_video_restore(track):
+    metrics = json.loads(Path("data/reports/restoration/metrics.json").read_text())
+    for key in ("input_psnr_region", "output_psnr_region", "input_ssim", "output_ssim", "psnr_region_gain_db"):
+        assert isinstance(metrics[key], float), key
+    html = Path("data/reports/restoration/report.html").read_text()
+    assert "embedded" in html.lower() and "astronaut_zoom.mp4" in html
+    sample = Path("data/reports/restoration/sample/astronaut_zoom.mp4_restored.mp4")
+    src, out = probe_video(Path("data/raw/astronaut_zoom.mp4")), probe_video(sample)
+    assert (out.frames, out.width, out.height) == (src.frames, src.width, src.height)
+    assert abs(out.fps - src.fps) < 1e-6
+    assert metrics["sample_regions_found"] >= 1
+    assert len(list(Path("data/reports/restoration/images").glob("grid-*.png"))) >= 2
+
+
+def test_training_curves_and_samples_are_in_mlflow(track):
+    project, reports = track
+    client = _client()
+    run = client.get_run(reports["stage1_checkpoint"].mlflow_run_id)
+    history = client.get_metric_history(run.info.run_id, "stage1/loss_pix")
+    assert [m.step for m in history] == [1, 2, 3]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples/stage1")]
+    assert any(p.endswith(".png") for p in artifacts)
+    assert run.data.tags["aubergine.stage"] == "stage1_checkpoint" and run.data.tags["data.input_hash"]
+    assert run.data.params["restoration.stage1.lr_mult.backbone"] == "0.0"
+
+
+def test_model_registered_as_challenger_and_loads_through_mlflow(track):
+    import mlflow
+
+    from training.checkpoints import load_generator
+
+    client = _client()
+    version = client.get_model_version_by_alias("eggplant-restorer", "challenger")
+    assert int(version.version) == 1
+    loaded = mlflow.pytorch.load_model("models:/eggplant-restorer@challenger").eval()
+    reference, _ = load_generator("data/models/restoration/stage2/generator.pth")
+    x = torch.rand(1, 2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference.eval()(x))
+    # A second report registers a new version and moves `challenger` to it.
+    run_stage("restoration_report", track[0].params())
+    assert client.get_model_version_by_alias("eggplant-restorer", "challenger").version in (2, "2")
