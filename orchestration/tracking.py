@@ -23,9 +23,17 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+# `mlflow.set_tracking_uri` writes MLFLOW_TRACKING_URI itself, so a value we set must not be mistaken for the
+# user's choice later, or one project's store leaks into the next (seen in the tests).
+_uri_we_set: str | None = None
+
+
 def tracking_uri(params: Params, root: Path | None = None) -> str:
     root = root or repo_root()
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.uri or f"sqlite:///{(root / 'mlruns.db').resolve()}"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env != _uri_we_set:
+        return env
+    return params.mlflow.uri or f"sqlite:///{(root / 'mlruns.db').resolve()}"
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -42,7 +50,12 @@ def git_commit(root: Path | None = None) -> str:
 def _mlflow(params: Params):
     import mlflow  # imported lazily: it costs seconds, and only tracked runs need it
 
-    mlflow.set_tracking_uri(tracking_uri(params))
+    global _uri_we_set
+    uri = tracking_uri(params)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:  # MLflow wrote it, not the user
+        _uri_we_set = os.environ.get("MLFLOW_TRACKING_URI")
     return mlflow
 
 
