@@ -211,6 +211,28 @@ def restore_cmd(
     typer.echo(json.dumps(summary))
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="a training checkpoint (latest.pth), a published generator.pth or any Lada/mmagic file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the Lada-loadable file")],
+    ema: Annotated[bool, typer.Option(help="take generator_ema when the file has one")] = True,
+) -> None:
+    """Write a file Lada's CLI loads: `generator.` and `generator_ema.` keys under `state_dict`, no
+    optimiser or RNG state."""
+    import json as _json
+
+    from assets.weights import WeightsError
+    from training.checkpoints import CheckpointError, export_lada, load_generator
+
+    try:
+        model, info = load_generator(checkpoint, prefer_ema=ema)
+        export_lada(model, output, meta={"exported_from": str(checkpoint), "source_part": info["part"]})
+    except (WeightsError, CheckpointError) as err:
+        _fail(str(err))
+    typer.echo(_json.dumps({"output": str(output), "mid_channels": info["mid_channels"], "num_blocks": info["num_blocks"],
+                            "weights": info["part"]}))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

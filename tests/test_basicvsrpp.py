@@ -163,3 +163,22 @@ def test_input_size_rules():
         model(torch.rand(1, 2, 3, 64, 128))
     with pytest.raises(ValueError, match="at least 2 frames"):
         model(torch.rand(1, 1, 3, 128, 128))
+
+
+def test_export_cli_writes_a_lada_file_from_a_training_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    gen = BasicVSRPlusPlusNet(8, 1)
+    training_state = {"meta": {"iteration": 3}, "state_dict": ckpt.lada_state_dict(gen), "optimizers": {"generator": {}},
+                      "rng": {"torch": torch.get_rng_state()}}
+    torch.save(training_state, tmp_path / "latest.pth")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "latest.pth"), "-o", str(tmp_path / "lada.pth")])
+    assert result.exit_code == 0, result.output
+    data = torch.load(tmp_path / "lada.pth", weights_only=True)
+    assert set(data) == {"meta", "state_dict"}
+    assert {k.split(".")[0] for k in data["state_dict"]} == {"generator", "generator_ema"}
+    assert torch.equal(data["state_dict"]["generator.conv_last.weight"], gen.state_dict()["conv_last.weight"])
+    bad = CliRunner().invoke(app, ["export", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x.pth")])
+    assert bad.exit_code == 2 and "missing.pth" in bad.output
