@@ -59,6 +59,8 @@ mlflow-ui: setup
 
 bench: setup
 	$(UV) run --frozen python bench/synthesis.py
+	$(UV) run --frozen python bench/evaluation.py
+	$(UV) run --frozen python bench/basicvsrpp.py
 
 clean-data:
 	rm -rf data/interim data/datasets data/reports data/metrics

@@ -44,8 +44,11 @@ def _known_errors():
     from assets.raw_clips import RawFolderError
     from assets.weights import WeightsError
     from orchestration.lineage import StageInputError
+    from training.checkpoints import CheckpointError
+    from training.data import DatasetTooShortError
 
-    return (StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError)
+    return (StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError, CheckpointError,
+            DatasetTooShortError)
 
 
 @app.command("stage")

@@ -118,3 +118,26 @@ def test_everything_frozen_is_refused(dataset, tmp_path):
                                    "upsample2", "conv_hr", "conv_last")}
     with pytest.raises(ValueError, match="nothing would train"):
         train(settings(dataset, tmp_path / "w", lr_mult=all_frozen))
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"profiles__embedded__restoration__stage1__num_frame": 60}, "num_frame=60"),
+    ({"profiles__embedded__restoration__stage1__load_from": "weights/lada.pth"}, "Git-LFS pointer"),
+    ({"profiles__embedded__restoration__stage1__load_from": "weights/resnet.pth"}, "not a BasicVSR++ generator"),
+])
+def test_stage_cli_bad_training_inputs_are_clean_errors(project, override, needle):
+    import torchvision
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    write_tiny_dataset(Path("data/datasets/restoration"))
+    Path("data/datasets/restoration/index.json").write_text("{}")
+    Path("weights").mkdir()
+    Path("weights/lada.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), "weights/resnet.pth")
+    project.write_params(**override)
+    result = CliRunner().invoke(app, ["stage", "stage1_checkpoint", "-p", "params.yaml"])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert not Path("data/models/restoration/stage1").exists()  # nothing half-published
