@@ -146,7 +146,8 @@ STAGES: tuple[Stage, ...] = (
         code=(
             "training/basicvsrpp.py", "training/checkpoints.py", "training/geometry.py", "training/restorer.py",
             "evaluation/restoration_eval.py", "evaluation/restoration_metrics.py", "evaluation/report.py",
-            "inference/restore_video.py", "orchestration/tracking.py",
+            "inference/restore_video.py", "inference/blend.py", "inference/media.py", "inference/mosaic_detect.py",
+            "orchestration/tracking.py",
         ),
         kinds=("pytorch", "mlflow", "html"),
         metrics=(str(restoration_stages.RESTORATION_METRICS),),
