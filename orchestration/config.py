@@ -273,6 +273,45 @@ class RestoreParams(_Strict):
     fp16: bool = True  # half precision on CUDA
 
 
+class SyntheticPlatesParams(_Strict):
+    """Plate-like panels with rendered random valid text, composited into frames of the sample media."""
+
+    count: Annotated[int, Field(ge=0)] = 2000
+    per_image: IntRange = (1, 3)
+    width_ratio: Range = (0.08, 0.3)  # plate width / image width
+    aspect: Range = (2.0, 4.7)  # plate width / height (EU plates ~4.7, US ~2)
+    font_ratio: Range = (0.55, 0.8)  # text height / plate height (the anchoring recipe's font ratio knobs)
+    image_side: PositiveInt = 480  # backgrounds are scaled so their long side is this
+
+
+class CocoParams(_Strict):
+    """`unified_coco`: faces and plates from every source, one COCO set with a split by source group."""
+
+    external_dir: str = "data/external"  # drop folders: wider_face/, pp4av/, coco/ (see README)
+    frames_every_n: PositiveInt = 10  # frames sampled from region_tracks clips
+    max_frames_per_clip: PositiveInt = 30
+    val_fraction: Fraction = 0.2
+    synthetic_plates: SyntheticPlatesParams = SyntheticPlatesParams()
+
+
+class DetectorParams(_Strict):
+    """`detector_checkpoint`: a torchvision detector of faces and plates trained on unified_coco."""
+
+    arch: Literal["fcos_resnet18_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn"] = "fcos_resnet18_fpn"
+    pretrained_backbone: str | None = None  # local ImageNet backbone weights (e.g. torchvision's resnet18-f37072fd.pth)
+    pretrained_sha256: str | None = None
+    min_size: PositiveInt = 512  # torchvision's GeneralizedRCNNTransform resize
+    max_size: PositiveInt = 853
+    batch_size: PositiveInt = 8
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    max_iters: PositiveInt = 20000
+    log_interval: PositiveInt = 20
+    checkpoint_interval: PositiveInt = 1000
+    score_threshold: Fraction = 0.3  # detections kept when the detector finds regions in the lineage / restore
+    device: str = "auto"
+    amp: bool = True
+
+
 class TrackingServerParams(_Strict):
     """MLflow. `uri: null` = SQLite store and artifact folder inside the project."""
 
@@ -292,6 +331,8 @@ class Params(_Strict):
     dataset: DatasetParams = DatasetParams()
     restoration: RestorationParams = RestorationParams()
     restore: RestoreParams = RestoreParams()
+    coco: CocoParams = CocoParams()
+    detector: DetectorParams = DetectorParams()
     mlflow: TrackingServerParams = TrackingServerParams()
 
 
