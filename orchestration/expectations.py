@@ -392,3 +392,58 @@ def scenes_suite() -> list:
 def validate_restoration_index(index_rows: list[dict]) -> SuiteOutcome:
     """Validate the restoration dataset index rows. No rows -> success with rows=0."""
     return validate_frame(_frame(list(index_rows), RESTORATION_INDEX_COLUMNS), RESTORATION_INDEX_SUITE, scenes_suite())
+
+
+# ------------------------------------------------------------------------------------ unified COCO
+
+COCO_IMAGE_COLUMNS = ("id", "file_name", "width", "height", "file_exists")
+COCO_ANNOTATION_COLUMNS = ("id", "image_id", "category_id", "known_image", "x", "y", "w", "h", "area",
+                           "right_margin", "bottom_margin")
+COCO_IMAGES_SUITE = "unified_coco_images"
+COCO_ANNOTATIONS_SUITE = "unified_coco_annotations"
+
+
+def coco_images_suite() -> list:
+    gxe = _gxe()
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(COCO_IMAGE_COLUMNS), exact_match=False),
+        gxe.ExpectColumnValuesToNotBeNull(column="id"),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeUnique(column="file_name"),
+        gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1),
+    ]
+
+
+def coco_annotations_suite(category_ids: list[int]) -> list:
+    """Boxes inside the image (1e-3 px tolerance for rounding), positive area, known categories, unique ids."""
+    gxe = _gxe()
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(COCO_ANNOTATION_COLUMNS), exact_match=False),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeInSet(column="category_id", value_set=list(category_ids)),
+        gxe.ExpectColumnValuesToBeInSet(column="known_image", value_set=[True]),
+        gxe.ExpectColumnValuesToBeBetween(column="x", min_value=-1e-3),
+        gxe.ExpectColumnValuesToBeBetween(column="y", min_value=-1e-3),
+        gxe.ExpectColumnValuesToBeBetween(column="w", min_value=0, strict_min=True),
+        gxe.ExpectColumnValuesToBeBetween(column="h", min_value=0, strict_min=True),
+        gxe.ExpectColumnValuesToBeBetween(column="area", min_value=0, strict_min=True),
+        gxe.ExpectColumnValuesToBeBetween(column="right_margin", min_value=-1e-3),
+        gxe.ExpectColumnValuesToBeBetween(column="bottom_margin", min_value=-1e-3),
+    ]
+
+
+def validate_coco(doc: dict, root) -> list[SuiteOutcome]:
+    """Both suites over one COCO split (images, annotations); the check passes when both do."""
+    from pathlib import Path
+
+    from assets.coco_records import CATEGORY_IDS
+    from assets.unified_coco import coco_rows
+
+    image_rows, ann_rows = coco_rows(doc, Path(root))
+    return [
+        validate_frame(_frame(image_rows, COCO_IMAGE_COLUMNS), COCO_IMAGES_SUITE, coco_images_suite()),
+        validate_frame(_frame(ann_rows, COCO_ANNOTATION_COLUMNS), COCO_ANNOTATIONS_SUITE,
+                       coco_annotations_suite(sorted(CATEGORY_IDS.values()))),
+    ]
