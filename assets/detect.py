@@ -145,4 +145,21 @@ def build_detector(clip: Path, params) -> CombinedDetector:
         detectors.append(
             HaarCascade("plate", "haarcascade_russian_plate_number.xml", params.plate_min_neighbors, params.max_side, params.min_box_size)
         )
+    kinds = tuple(k for k, choice in (("face", params.faces), ("plate", params.plates)) if choice == "detector")
+    if kinds:
+        detectors.append(trained_detector(params.detector_model, params.detector_score_threshold, kinds))
     return CombinedDetector(detectors)
+
+
+_TRAINED: dict = {}
+
+
+def trained_detector(path: str | Path, score_threshold: float, kinds: tuple[str, ...]):
+    """The face/plate detector trained by `detector_checkpoint` (loaded once per process and file)."""
+    from training.detector import DetectorRegions
+
+    key = (str(path), score_threshold, kinds)
+    if key not in _TRAINED:
+        verify_weights(path, None, "copy data/models/detector/detector.pth there after materializing detector_checkpoint")
+        _TRAINED[key] = DetectorRegions.from_checkpoint(path, score_threshold, device="cpu", kinds=kinds)
+    return _TRAINED[key]

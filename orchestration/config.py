@@ -70,9 +70,13 @@ class DataParams(_Strict):
 class DetectionParams(_Strict):
     """`region_tracks`: which offline detector finds faces and plates."""
 
-    faces: Literal["yunet", "haar", "none"] = "yunet"
-    plates: Literal["haar", "none"] = "haar"
+    faces: Literal["yunet", "haar", "detector", "none"] = "yunet"
+    plates: Literal["haar", "detector", "none"] = "haar"
     yunet_model: str = "data/models/yunet/face_detection_yunet_2023mar.onnx"
+    # A trained face/plate detector (detector_checkpoint's detector.pth, copied out so the lineage has no cycle:
+    # region_tracks feeds the detector's training data). Used where faces/plates say "detector".
+    detector_model: str = "weights/face_plate_detector.pth"
+    detector_score_threshold: Fraction = 0.5
     face_score_threshold: Fraction = 0.7
     haar_min_neighbors: PositiveInt = 5
     plate_min_neighbors: PositiveInt = 4

@@ -144,7 +144,26 @@ def region_tracks_coverage() -> dg.AssetCheckResult:
 
 
 ASSETS = [build_asset(st) for st in STAGES]
-CHECKS = [raw_clips_manifest_expectations, restoration_dataset_expectations, restoration_dataset_readable, region_tracks_coverage]
+@dg.asset_check(asset="unified_coco", blocking=True, description="Great Expectations suites over both COCO splits: "
+                "boxes inside their image, positive area, known categories, unique image and annotation ids, files exist.")
+def unified_coco_expectations() -> dg.AssetCheckResult:
+    from orchestration.detection_stages import UNIFIED_COCO
+    from orchestration.expectations import validate_coco
+
+    outcomes = [o for split in ("train", "val") for o in validate_coco(json.loads((UNIFIED_COCO / f"{split}.json").read_text()), UNIFIED_COCO)]
+    return dg.AssetCheckResult(
+        passed=all(o.success for o in outcomes),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "suites": ", ".join(sorted({o.suite for o in outcomes})),
+            "rows": sum(o.rows for o in outcomes),
+            "expectations": sum(o.evaluated for o in outcomes),
+            "failed": dg.MetadataValue.json([f for o in outcomes for f in o.failed]),
+        },
+    )
+
+
+CHECKS = [raw_clips_manifest_expectations, unified_coco_expectations, restoration_dataset_expectations, restoration_dataset_readable, region_tracks_coverage]
 
 data_lineage_job = dg.define_asset_job(
     "data_lineage", selection=dg.AssetSelection.assets(*ASSETS), description="Raw clips to the Lada restoration dataset."

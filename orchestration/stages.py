@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestration import lineage, restoration_stages
+from orchestration import detection_stages, lineage, restoration_stages
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,50 @@ STAGES: tuple[Stage, ...] = (
         ),
         kinds=("pytorch", "mlflow", "html"),
         metrics=(str(restoration_stages.RESTORATION_METRICS),),
+    ),
+    Stage(
+        name="unified_coco",
+        group="detection",
+        description="Faces and plates from every source in one COCO set (categories face=1, plate=2): WIDER FACE, "
+        "PP4AV and COCO drop folders, frames of the clips with their tracked boxes, synthetic plates with rendered "
+        "text; deduplicated by content, split by source group; every rejected line or entry in problems.json.",
+        run=detection_stages.run_unified_coco,
+        upstream=("raw_clips", "region_tracks"),
+        params=("coco",),
+        outs=(str(detection_stages.UNIFIED_COCO),),
+        code=("assets/coco_records.py", "assets/coco_sources.py", "assets/synthetic_plates.py", "assets/unified_coco.py",
+              "assets/contact_sheet.py", "orchestration/detection_stages.py"),
+        extra_deps=("${coco.external_dir}",),
+        kinds=("python", "coco", "pillow"),
+        metrics=(str(detection_stages.COCO_METRICS),),
+    ),
+    Stage(
+        name="detector_checkpoint",
+        group="detection",
+        description="A torchvision face/plate detector (FCOS ResNet-18 FPN by default) trained on unified_coco; "
+        "resumes from its last checkpoint; loss curves and detection samples to MLflow.",
+        run=detection_stages.run_detector,
+        upstream=("unified_coco",),
+        params=("detector",),
+        outs=(str(detection_stages.DETECTOR),),
+        code=("training/detector.py", "training/detector_data.py", "training/detector_loop.py", "training/loop.py",
+              "orchestration/detection_stages.py"),
+        kinds=("pytorch", "mlflow"),
+        metrics=(str(detection_stages.DETECTOR_METRICS),),
+    ),
+    Stage(
+        name="detection_report",
+        group="detection",
+        description="COCO mAP (AP, AP50, AP75, per category) of the detector on the val split, PR curves, example "
+        "detections; registers the detector as MLflow model `face-plate-detector` (alias challenger).",
+        run=detection_stages.run_detection_report,
+        upstream=("detector_checkpoint", "unified_coco"),
+        params=("detector",),
+        outs=(str(detection_stages.DETECTION_REPORT),),
+        code=("training/detector.py", "training/detector_data.py", "evaluation/detection_map.py", "evaluation/report.py",
+              "orchestration/detection_stages.py", "orchestration/tracking.py"),
+        kinds=("pytorch", "mlflow", "html"),
+        metrics=(str(detection_stages.DETECTION_METRICS),),
     ),
 )
 

@@ -21,6 +21,7 @@ DVC_BIN = ROOT / "tools/dvc/.venv/bin/dvc"
 LINEAGE = [
     "raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset",
     "stage1_checkpoint", "stage2_checkpoint", "restoration_report",
+    "unified_coco", "detector_checkpoint", "detection_report",
 ]
 
 
@@ -66,6 +67,7 @@ def test_dagster_graph_is_the_stage_table():
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert ("raw_clips", "raw_clips_manifest_expectations") in checks
     assert ("restoration_dataset", "restoration_dataset_expectations") in checks
+    assert ("unified_coco", "unified_coco_expectations") in checks
     assert [s.name for s in topological()] == LINEAGE
 
 

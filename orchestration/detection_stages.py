@@ -1,0 +1,277 @@
+"""The detection track's stages: unified_coco, detector_checkpoint, detection_report.
+Same contract as `lineage.py`: paths in, files out, a StageOutput back.
+
+External datasets are read from drop folders under `coco.external_dir` (README: *Real face/plate datasets*):
+    wider_face/wider_face_split/wider_face_{train,val}_bbx_gt.txt + wider_face/WIDER_{train,val}/images/
+    pp4av/  (images with YOLO txt labels)
+    coco/<name>/annotations.json + its images
+Each is optional; the embedded default uses clip frames and synthetic plates only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from assets.atomic import atomic_dir, write_json
+from assets.coco_records import Conversion
+from orchestration import tracking
+from orchestration.config import Params
+from orchestration.lineage import RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, _hash_files
+
+UNIFIED_COCO = Path("data/datasets/coco")
+DETECTOR = Path("data/models/detector")
+DETECTION_REPORT = Path("data/reports/detection")
+COCO_METRICS = Path("data/metrics/unified_coco.json")
+DETECTOR_METRICS = Path("data/metrics/detector.json")
+DETECTION_METRICS = Path("data/metrics/detection.json")
+WORK = Path(".cache/train")
+REGISTERED_DETECTOR = "face-plate-detector"
+BACKGROUNDS_PER_CLIP = 4
+
+
+def _external(params: Params) -> Conversion:
+    from assets.coco_sources import read_coco, read_pp4av, read_wider_face
+
+    ext = Path(params.coco.external_dir)
+    conv = Conversion()
+    for split in ("train", "val"):
+        txt = ext / "wider_face" / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+        if txt.is_file():
+            conv.extend(read_wider_face(txt, ext / "wider_face" / f"WIDER_{split}" / "images"))
+    if (ext / "pp4av").is_dir():
+        conv.extend(read_pp4av(ext / "pp4av"))
+    for folder in sorted(p for p in (ext / "coco").glob("*") if p.is_dir()):
+        if (folder / "annotations.json").is_file():
+            conv.extend(read_coco(folder / "annotations.json", folder, name=folder.name))
+    return conv
+
+
+def _backgrounds(manifest: dict, out: Path) -> list[Path]:
+    """Frames no track covers, from every usable clip: synthetic plates go on scenes without unlabelled regions."""
+    from assets.atomic import atomic_path
+    from assets.unified_coco import clean_background_frames
+    from assets.video import read_frames
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for clip in (c for c in manifest["clips"] if c["status"] == "ok"):
+        record_path = REGION_TRACKS / f"{clip['clip_id']}.json"
+        if not record_path.is_file():
+            continue
+        wanted = set(clean_background_frames(json.loads(record_path.read_text()), BACKGROUNDS_PER_CLIP))
+        for index, frame in enumerate(read_frames(clip["path"])):
+            if index in wanted:
+                dest = out / f"{clip['clip_id']}_{index:06d}.png"
+                with atomic_path(dest) as tmp:
+                    Image.fromarray(frame).save(tmp, format="PNG")
+                paths.append(dest)
+            if index >= max(wanted, default=-1):
+                break
+    return paths
+
+
+def run_unified_coco(params: Params) -> StageOutput:
+    from assets import contact_sheet
+    from assets.coco_sources import frames_from_region_tracks
+    from assets.synthetic_plates import render_synthetic_plates
+    from assets.unified_coco import assemble
+
+    manifest_path = RAW_CLIPS / "manifest.json"
+    if not (REGION_TRACKS / "index.json").is_file():
+        raise StageInputError(f"{REGION_TRACKS / 'index.json'}: missing; materialize `region_tracks` first")
+    manifest = json.loads(manifest_path.read_text())
+    c = params.coco
+    with atomic_dir(UNIFIED_COCO) as tmp:
+        work = tmp / "_work"
+        conv = _external(params)
+        conv.extend(frames_from_region_tracks(REGION_TRACKS, manifest, work / "frames", c.frames_every_n, c.max_frames_per_clip))
+        backgrounds = _backgrounds(manifest, work / "backgrounds")
+        if backgrounds and c.synthetic_plates.count:
+            plates = render_synthetic_plates(backgrounds, work / "plates", c.synthetic_plates, params.seed)
+            for record in plates.images:  # one group per source clip, not per frame: a scene never straddles the split
+                record.group = "synthetic:" + Path(record.origin).stem.rsplit("_", 1)[0]
+            conv.extend(plates)
+        assembled = assemble(conv, tmp, c.val_fraction)
+        shutil.rmtree(work)
+        sheet = _example_sheet(tmp)
+        if sheet is not None:
+            contact_sheet.save_png(sheet, tmp / "examples.png")
+    counts = assembled.counts
+    if counts["train_images"] == 0:
+        raise StageInputError("unified_coco: no training images from any source (see problems.json)")
+    write_json(COCO_METRICS, {k: v for k, v in counts.items() if isinstance(v, (int, float))})
+    images = {"examples (boxes: face green, plate orange)": UNIFIED_COCO / "examples.png"} if (UNIFIED_COCO / "examples.png").is_file() else {}
+    return StageOutput(
+        metadata={**counts, "problems_list": "\n".join(str(p) for p in assembled.problems[:30]) or "none"},
+        images=images,
+        files=[UNIFIED_COCO / "problems.json", COCO_METRICS],
+        input_hash=_hash_files(manifest_path, REGION_TRACKS / "index.json"),
+    )
+
+
+def _draw_boxes(image, boxes: list[tuple[str, list[float], str]]):
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(image)
+    colours = {"face": (60, 220, 90), "plate": (255, 150, 30)}
+    for category, (x, y, w, h), label in boxes:
+        draw.rectangle([x, y, x + w, y + h], outline=colours.get(category, (255, 255, 255)), width=2)
+        if label:
+            draw.text((x + 2, max(0, y - 11)), label, fill=colours.get(category, (255, 255, 255)))
+    return image
+
+
+def _example_sheet(root: Path, per_source: int = 3):
+    import numpy as np
+    from PIL import Image
+
+    from assets import contact_sheet
+
+    names = {1: "face", 2: "plate"}
+    rows: dict[str, list] = {}
+    for split in ("train", "val"):
+        path = root / f"{split}.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        anns: dict[int, list] = {}
+        for a in doc["annotations"]:
+            anns.setdefault(a["image_id"], []).append(a)
+        for im in doc["images"]:
+            row = rows.setdefault(im["source"], [])
+            if len(row) >= per_source or im["id"] not in anns:
+                continue
+            image = Image.open(root / im["file_name"]).convert("RGB")
+            boxes = [(names[a["category_id"]], a["bbox"], (a.get("attributes") or {}).get("text", "")) for a in anns[im["id"]]]
+            row.append(np.asarray(_draw_boxes(image, boxes)))
+    rows = {k: v for k, v in rows.items() if v}
+    return contact_sheet.grid(rows, "unified_coco: examples per source") if rows else None
+
+
+def _fingerprint(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def _coco_hash() -> str:
+    for split in ("train", "val"):
+        if not (UNIFIED_COCO / f"{split}.json").is_file():
+            raise StageInputError(f"{UNIFIED_COCO / f'{split}.json'}: missing; materialize `unified_coco` first")
+    return _hash_files(UNIFIED_COCO / "train.json", UNIFIED_COCO / "val.json")
+
+
+def run_detector(params: Params) -> StageOutput:
+    from training.detector_loop import DetectorTrainSettings, train_detector
+    from training.loop import write_curves
+
+    d = params.detector
+    data_hash = _coco_hash()
+    recipe = {k: v for k, v in d.model_dump().items()
+              if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold")}
+    fingerprint = _fingerprint("detector", recipe, params.seed, data_hash)
+    settings = DetectorTrainSettings(
+        train_json=UNIFIED_COCO / "train.json", train_images=UNIFIED_COCO, work_dir=WORK / "detector" / fingerprint,
+        fingerprint=fingerprint, val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, arch=d.arch,
+        pretrained_backbone=Path(d.pretrained_backbone) if d.pretrained_backbone else None,
+        pretrained_sha256=d.pretrained_sha256, min_size=d.min_size, max_size=d.max_size, batch_size=d.batch_size,
+        lr=d.lr, max_iters=d.max_iters, log_interval=d.log_interval, checkpoint_interval=d.checkpoint_interval,
+        score_threshold=d.score_threshold, seed=params.seed, device=d.device, amp=d.amp,
+    )
+
+    def on_log(metrics: dict, step: int) -> None:
+        tracking.log_step({f"detector/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+
+    def on_sample(path: Path, step: int) -> None:
+        tracking.log_image(path, "samples/detector")
+
+    result = train_detector(settings, on_log, on_sample)
+    from training.detector import load_detector, save_detector
+
+    model, meta = load_detector(result.checkpoint)
+    last = result.history[-1] if result.history else {}
+    summary = {"iterations": result.iterations, "resumed_from": result.resumed_from,
+               "train_seconds": round(result.seconds, 2),
+               **{k: v for k, v in last.items() if isinstance(v, (int, float)) and k != "iteration"}}
+    images = {}
+    with atomic_dir(DETECTOR) as tmp:
+        save_detector(model, tmp / "detector.pth", meta={**meta, "fingerprint": fingerprint})
+        write_json(tmp / "history.json", result.history)
+        write_json(tmp / "train.json", {**summary, "labels": result.labels, "config": d.model_dump(), "device": result.device})
+        if result.history and any(k.startswith("loss") for k in result.history[0]):
+            write_curves(result.history, tmp / "curves.png", f"Detector ({d.arch})")
+        if result.samples:
+            shutil.copyfile(result.samples[-1], tmp / "sample_last.png")
+    for name, label in (("curves.png", "loss curves"), ("sample_last.png", "detections on val (last sample)")):
+        if (DETECTOR / name).is_file():
+            images[label] = DETECTOR / name
+    write_json(DETECTOR_METRICS, summary)
+    return StageOutput(
+        metadata={**summary, "arch": d.arch, "init": result.labels.get("init", ""), "device": result.device},
+        images=images, files=[DETECTOR / "train.json", DETECTOR / "history.json", DETECTOR_METRICS], input_hash=data_hash,
+    )
+
+
+def run_detection_report(params: Params) -> StageOutput:
+    import numpy as np
+    from PIL import Image
+
+    from evaluation.detection_map import evaluate
+    from evaluation.report import pr_curve_figure, write_report
+    from training.detector import evaluate_coco, load_detector
+    from training.restorer import pick_device
+
+    source = DETECTOR / "detector.pth"
+    if not source.is_file():
+        raise StageInputError(f"{source}: missing; materialize `detector_checkpoint` first")
+    data_hash = _coco_hash()
+    model, meta = load_detector(source, device=pick_device(params.detector.device))
+    val_json = UNIFIED_COCO / "val.json"
+    gt = json.loads(val_json.read_text())
+    detections = evaluate_coco(model, val_json, UNIFIED_COCO, score_threshold=0.0)
+    result = evaluate(gt, detections)
+    flat = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    embedded = params.detector.pretrained_backbone is None
+    by_image: dict[int, list] = {}
+    for det in detections:
+        if det["score"] >= params.detector.score_threshold:
+            by_image.setdefault(det["image_id"], []).append(det)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    examples = []
+    for im in gt["images"][:8]:
+        image = Image.open(UNIFIED_COCO / im["file_name"]).convert("RGB")
+        boxes = [(names[d["category_id"]], d["bbox"], f"{d['score']:.2f}") for d in by_image.get(im["id"], [])]
+        examples.append(np.asarray(_draw_boxes(image, boxes)))
+    with atomic_dir(DETECTION_REPORT) as tmp:
+        figures = {}
+        if result.curves:
+            figures["Precision-recall at IoU 0.5"] = pr_curve_figure(result.curves, tmp / "_pr.png")
+        per_category = [{"category": n, **{m: result.metrics.get(f"{m}_{n}") for m in ("AP", "AP50", "AP75", "AR100", "gt")}}
+                        for n in names.values()]
+        write_report(
+            tmp, title="Detection report: faces and plates (COCO mAP on the val split)", metrics=flat,
+            tables={"Per category": per_category}, grids=[("val detections (score ≥ threshold)", {"val": examples})],
+            figures=figures,
+            notes=[f"Detector: {source} ({meta.get('arch')}); evaluated with {result.metrics.get('backend')} on "
+                   f"{len(gt['images'])} val images; AP is COCO's mean over IoU 0.50:0.95, AP50 at IoU 0.5."],
+            embedded_default=embedded,
+        )
+        (tmp / "_pr.png").unlink(missing_ok=True)
+        write_json(tmp / "detections.json", detections)
+    write_json(DETECTION_METRICS, flat)
+    tracking.log_dir(DETECTION_REPORT, "report")
+    registration = tracking.register_pytorch_model(
+        params, model.cpu().eval(), REGISTERED_DETECTOR, "challenger",
+        {"stage": "detection_report", "embedded_default": str(embedded), **{k: f"{v:.6g}" for k, v in flat.items() if k.startswith("AP")}},
+    )
+    images = {f"report/{p.name}": p for p in sorted((DETECTION_REPORT / "images").glob("*.png"))[:4]}
+    return StageOutput(
+        metadata={**flat, "registered_model": registration.get("model", "no"), "model_version": registration.get("version", 0),
+                  "report": str(DETECTION_REPORT / "report.html")},
+        images=images, files=[DETECTION_METRICS], input_hash=_hash_files(source) + data_hash[:8],
+    )
