@@ -179,7 +179,7 @@ def run_detector(params: Params) -> StageOutput:
         train_json=UNIFIED_COCO / "train.json", train_images=UNIFIED_COCO, work_dir=WORK / "detector" / fingerprint,
         fingerprint=fingerprint, val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, arch=d.arch,
         pretrained_backbone=Path(d.pretrained_backbone) if d.pretrained_backbone else None,
-        pretrained_sha256=d.pretrained_sha256, min_size=d.min_size, max_size=d.max_size, batch_size=d.batch_size,
+        pretrained_sha256=d.pretrained_sha256, fpn_channels=d.fpn_channels, min_size=d.min_size, max_size=d.max_size, batch_size=d.batch_size,
         lr=d.lr, max_iters=d.max_iters, log_interval=d.log_interval, checkpoint_interval=d.checkpoint_interval,
         score_threshold=d.score_threshold, seed=params.seed, device=d.device, amp=d.amp,
     )
