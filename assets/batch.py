@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ def _run_one(fn: Callable, clip_id: str, args: tuple) -> ClipOutcome:
         return ClipOutcome(clip_id, False, error=detail)
 
 
+def _init_worker() -> None:
+    import cv2
+
+    # Same as the parent (orchestration/runner.py): one OpenCV thread keeps detector boxes deterministic.
+    cv2.setNumThreads(1)
+
+
 def map_clips(fn: Callable, jobs: Iterable[tuple[str, tuple]], workers: int = 1, desc: str = "clips") -> list[ClipOutcome]:
     """Run `fn(*args)` for each (clip_id, args); results come back in job order whatever the worker count."""
     jobs = list(jobs)
@@ -39,7 +47,10 @@ def map_clips(fn: Callable, jobs: Iterable[tuple[str, tuple]], workers: int = 1,
                 outcomes.append(_run_one(fn, clip_id, args))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # Spawned, not forked: a fork of a process whose torch/OpenMP thread pools are running deadlocks in the
+            # child (seen: region_tracks with the trained detector hung at 0% CPU after a training stage).
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker) as pool:
                 futures = [pool.submit(_run_one, fn, clip_id, args) for clip_id, args in jobs]
                 for future in futures:
                     outcomes.append(future.result())

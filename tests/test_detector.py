@@ -120,7 +120,7 @@ def test_backbone_weight_files_fail_clearly(imagenet_resnet18, tmp_path):
         det.build_detector("retinanet_resnet50_fpn", pretrained_backbone=imagenet_resnet18)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00not a zip" * 10)
-    with pytest.raises(det.DetectorError, match=r"junk\.pth: not a readable PyTorch weights file"):
+    with pytest.raises(det.DetectorError, match=r"junk\.pth: not a readable PyTorch checkpoint"):
         det.build_detector("fcos_resnet18_fpn", pretrained_backbone=junk)
 
 

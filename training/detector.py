@@ -41,7 +41,6 @@ from torch import nn
 
 from assets.coco_records import CATEGORY_IDS
 from assets.detect import Detection
-from assets.weights import verify_weights
 
 ARCHS = ("fcos_resnet18_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn")
 BACKBONE_FILES = {  # torchvision's ImageNet classification weights each architecture's backbone takes
@@ -65,14 +64,12 @@ def _how_to_get(arch: str) -> str:
 
 def read_weights(path: str | Path, sha256: str | None, how_to_get: str) -> dict:
     """A dict from a checked `.pth` file (guarded, `weights_only=True`), with errors naming the file."""
-    path = verify_weights(path, sha256, how_to_get)
+    from training.checkpoints import CheckpointError, read_checkpoint
+
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip/pickle errors come in many types; the file is what matters
-        raise DetectorError(f"{path}: not a readable PyTorch weights file ({type(err).__name__}: {err}); {how_to_get}") from None
-    if not isinstance(data, dict):
-        raise DetectorError(f"{path}: expected a dict of tensors, got {type(data).__name__}; {how_to_get}")
-    return data
+        return read_checkpoint(path, sha256, how_to_get)
+    except CheckpointError as err:  # same guard as the restorer's files, reported as a detector problem
+        raise DetectorError(f"{err}; {how_to_get}") from None
 
 
 def _head(items: list[str]) -> str:
