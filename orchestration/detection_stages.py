@@ -10,7 +10,6 @@ Each is optional; the embedded default uses clip frames and synthetic plates onl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from assets.atomic import atomic_dir, write_json
 from assets.coco_records import Conversion
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.lineage import RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, _hash_files
+from orchestration.lineage import RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, _hash_files, fingerprint
 
 UNIFIED_COCO = Path("data/datasets/coco")
 DETECTOR = Path("data/models/detector")
@@ -152,11 +151,6 @@ def _example_sheet(root: Path, per_source: int = 3):
     return contact_sheet.grid(rows, "unified_coco: examples per source") if rows else None
 
 
-def _fingerprint(*parts) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
 
 
 def _coco_hash() -> str:
@@ -174,10 +168,10 @@ def run_detector(params: Params) -> StageOutput:
     data_hash = _coco_hash()
     recipe = {k: v for k, v in d.model_dump().items()
               if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold")}
-    fingerprint = _fingerprint("detector", recipe, params.seed, data_hash)
+    run_key = fingerprint("detector", recipe, params.seed, data_hash)
     settings = DetectorTrainSettings(
-        train_json=UNIFIED_COCO / "train.json", train_images=UNIFIED_COCO, work_dir=WORK / "detector" / fingerprint,
-        fingerprint=fingerprint, val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, arch=d.arch,
+        train_json=UNIFIED_COCO / "train.json", train_images=UNIFIED_COCO, work_dir=WORK / "detector" / run_key,
+        fingerprint=run_key, val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, arch=d.arch,
         pretrained_backbone=Path(d.pretrained_backbone) if d.pretrained_backbone else None,
         pretrained_sha256=d.pretrained_sha256, fpn_channels=d.fpn_channels, min_size=d.min_size, max_size=d.max_size, batch_size=d.batch_size,
         lr=d.lr, max_iters=d.max_iters, log_interval=d.log_interval, checkpoint_interval=d.checkpoint_interval,
@@ -200,7 +194,7 @@ def run_detector(params: Params) -> StageOutput:
                **{k: v for k, v in last.items() if isinstance(v, (int, float)) and k != "iteration"}}
     images = {}
     with atomic_dir(DETECTOR) as tmp:
-        save_detector(model, tmp / "detector.pth", meta={**meta, "fingerprint": fingerprint})
+        save_detector(model, tmp / "detector.pth", meta={**meta, "fingerprint": run_key})
         write_json(tmp / "history.json", result.history)
         write_json(tmp / "train.json", {**summary, "labels": result.labels, "config": d.model_dump(), "device": result.device})
         if result.history and any(k.startswith("loss") for k in result.history[0]):
@@ -224,6 +218,7 @@ def run_detection_report(params: Params) -> StageOutput:
     from evaluation.detection_map import evaluate
     from evaluation.report import pr_curve_figure, write_report
     from training.detector import evaluate_coco, load_detector
+    from training.detector_loop import draw_detections
     from training.restorer import pick_device
 
     source = DETECTOR / "detector.pth"
@@ -245,8 +240,8 @@ def run_detection_report(params: Params) -> StageOutput:
     examples = []
     for im in gt["images"][:8]:
         image = Image.open(UNIFIED_COCO / im["file_name"]).convert("RGB")
-        boxes = [(names[d["category_id"]], d["bbox"], f"{d['score']:.2f}") for d in by_image.get(im["id"], [])]
-        examples.append(np.asarray(_draw_boxes(image, boxes)))
+        dets = [{**d, "category": names[d["category_id"]]} for d in by_image.get(im["id"], [])]
+        examples.append(np.asarray(draw_detections(np.asarray(image), dets)))
     with atomic_dir(DETECTION_REPORT) as tmp:
         figures = {}
         if result.curves:

@@ -59,6 +59,14 @@ def _hash_files(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts (recipe sections, seeds, input hashes): the identity of a training run."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def encoder(params: Params) -> EncoderSettings:
     d = params.dataset
     return EncoderSettings(codec=d.codec, crf=d.crf, preset=d.preset, threads=d.encoder_threads)

@@ -9,7 +9,6 @@ never resumes a stale run, while an interrupted one resumes at its last checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.lineage import RESTORATION_DATASET, StageInputError, StageOutput, _hash_files
+from orchestration.lineage import RESTORATION_DATASET, StageInputError, StageOutput, _hash_files, fingerprint
 
 STAGE1 = Path("data/models/restoration/stage1")
 STAGE2 = Path("data/models/restoration/stage2")
@@ -33,11 +32,6 @@ REGISTERED_MODEL = "eggplant-restorer"
 _SCHEDULE_KEYS = {"max_iters", "log_interval", "checkpoint_interval", "sample_interval", "device", "amp", "cache_frames_mb", "enabled"}
 
 
-def _fingerprint(*parts) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
 
 
 def _recipe(section) -> dict:
@@ -102,10 +96,10 @@ def run_stage1(params: Params) -> StageOutput:
 
     s1 = params.restoration.stage1
     data_hash = _dataset_hash()
-    fingerprint = _fingerprint("stage1", _recipe(s1), params.seed, data_hash)
-    work = WORK / "stage1" / fingerprint
+    run_key = fingerprint("stage1", _recipe(s1), params.seed, data_hash)
+    work = WORK / "stage1" / run_key
     settings = TrainSettings(
-        stage="stage1", dataset_root=RESTORATION_DATASET, work_dir=work, fingerprint=fingerprint,
+        stage="stage1", dataset_root=RESTORATION_DATASET, work_dir=work, fingerprint=run_key,
         num_frame=s1.num_frame, batch_size=s1.batch_size, max_iters=s1.max_iters, log_interval=s1.log_interval,
         checkpoint_interval=s1.checkpoint_interval, sample_interval=s1.sample_interval, lr=s1.lr, lr_mult=dict(s1.lr_mult),
         lq_size=s1.lq_size, mid_channels=s1.mid_channels, num_blocks=s1.num_blocks,
@@ -136,14 +130,14 @@ def run_stage2(params: Params) -> StageOutput:
             write_json(tmp / "train.json", {"enabled": False, "source": str(source)})
         write_json(STAGE2_METRICS, {"enabled": False})
         return StageOutput(metadata={"enabled": False, "source": str(source)}, input_hash=source_hash)
-    fingerprint = _fingerprint("stage2", _recipe(s2), _recipe(s1), params.seed, source_hash)
-    work = WORK / "stage2" / fingerprint
+    run_key = fingerprint("stage2", _recipe(s2), _recipe(s1), params.seed, source_hash)
+    work = WORK / "stage2" / run_key
     init = work / "init_from_stage1.pth"
     if not init.is_file():
         work.mkdir(parents=True, exist_ok=True)
         ckpt.convert_stage1_to_stage2(source, init)
     settings = TrainSettings(
-        stage="stage2", dataset_root=RESTORATION_DATASET, work_dir=work, fingerprint=fingerprint,
+        stage="stage2", dataset_root=RESTORATION_DATASET, work_dir=work, fingerprint=run_key,
         num_frame=s1.num_frame, batch_size=s1.batch_size, max_iters=s2.max_iters, log_interval=s2.log_interval,
         checkpoint_interval=s2.checkpoint_interval, sample_interval=s2.sample_interval, lr=s2.lr_generator,
         lr_discriminator=s2.lr_discriminator, lr_mult=dict(s1.lr_mult), lq_size=s1.lq_size, init_from=init,

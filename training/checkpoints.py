@@ -81,11 +81,19 @@ def infer_config(gen_sd: dict[str, torch.Tensor], where: str = "checkpoint") -> 
     return {"mid_channels": mid, "num_blocks": (max(blocks) + 1) if blocks else 0}
 
 
-def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
-    """load_state_dict(strict=True) with an error that lists what is missing, unexpected or mis-shaped."""
+def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str,
+                optional_suffixes: tuple[str, ...] = ()) -> None:
+    """load_state_dict(strict=True) with an error that lists what is missing, unexpected or mis-shaped.
+
+    Keys ending in `optional_suffixes` (e.g. BatchNorm's `num_batches_tracked`, which FrozenBatchNorm2d drops)
+    are neither required nor unexpected; when absent from `sd` the model keeps its own values."""
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
+
+    def counted(k: str) -> bool:
+        return not k.endswith(optional_suffixes) if optional_suffixes else True
+
+    missing = [k for k in own if k not in sd and counted(k)]
+    unexpected = [k for k in sd if k not in own and counted(k)]
     shapes = [f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         def head(items: list[str]) -> str:
@@ -94,6 +102,8 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str)
             f"{where}: does not match {type(model).__name__}: {len(missing)} missing keys ({head(missing)}); "
             f"{len(unexpected)} unexpected keys ({head(unexpected)}); {len(shapes)} shape mismatches ({head(shapes)})"
         )
+    if optional_suffixes:
+        sd = {**{k: v for k, v in own.items() if k not in sd}, **{k: v for k, v in sd.items() if k in own}}
     model.load_state_dict(sd, strict=True)
 
 

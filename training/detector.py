@@ -72,31 +72,16 @@ def read_weights(path: str | Path, sha256: str | None, how_to_get: str) -> dict:
         raise DetectorError(f"{err}; {how_to_get}") from None
 
 
-def _head(items: list[str]) -> str:
-    return (", ".join(items[:6]) + (f" … (+{len(items) - 6})" if len(items) > 6 else "")) if items else "none"
-
-
 def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
-    """`load_state_dict(strict=True)` with an error listing missing, unexpected and mis-shaped keys.
+    """The project's strict loader (training.checkpoints.load_strict), reported as a detector problem.
     BatchNorm's `num_batches_tracked` counters are not compared (FrozenBatchNorm2d drops them itself)."""
-    own = module.state_dict()
+    from training.checkpoints import CheckpointError
+    from training.checkpoints import load_strict as strict
 
-    def counted(k: str) -> bool:
-        return not k.endswith("num_batches_tracked")
-
-    missing = [k for k in own if k not in sd and counted(k)]
-    unexpected = [k for k in sd if k not in own and counted(k)]
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise DetectorError(
-            f"{where}: does not match {type(module).__name__}: {len(missing)} missing keys ({_head(missing)}); "
-            f"{len(unexpected)} unexpected keys ({_head(unexpected)}); {len(shapes)} shape mismatches ({_head(shapes)})"
-        )
-    sd = dict(sd)
-    for k in own:  # a file saved from BatchNorm2d lacks nothing here; one from FrozenBatchNorm2d lacks the counters
-        if k not in sd:
-            sd[k] = own[k]
-    module.load_state_dict(sd, strict=True)
+    try:
+        strict(module, sd, where, optional_suffixes=("num_batches_tracked",))
+    except CheckpointError as err:
+        raise DetectorError(str(err)) from None
 
 
 def _load_backbone(classifier: nn.Module, arch: str, path: str | Path, sha256: str | None) -> None:

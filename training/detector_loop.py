@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from training import detector as det
 from training.detector_data import BoxSampler, CocoBoxes
+from training.loop import peak_memory_mb
 
 LATEST = "latest.pth"
 OPTIMIZERS = ("sgd", "adamw")
@@ -121,12 +121,6 @@ def _validate(s: DetectorTrainSettings) -> None:
             raise ValueError(f"detector {name} must be >= 1, got {getattr(s, name)}")
     if s.lr <= 0:
         raise ValueError(f"detector lr must be > 0, got {s.lr}")
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def _optimizer(model: torch.nn.Module, s: DetectorTrainSettings) -> torch.optim.Optimizer:
@@ -247,7 +241,7 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
                 record = {k: v / n for k, v in window["sums"].items()}
                 record.update({"iteration": iteration, "lr": opt.param_groups[0]["lr"],
                                "images_per_s": window["images"] / max(elapsed, 1e-9),
-                               "peak_memory_mb": _peak_memory_mb(device)})
+                               "peak_memory_mb": peak_memory_mb(device)})
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 window = {"sums": {}, "count": 0, "images": 0}

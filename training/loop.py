@@ -110,7 +110,8 @@ def param_groups(model: BasicVSRPlusPlusNet, lr: float, lr_mult: dict[str, float
     return groups
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, max RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -258,7 +259,7 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
             record = {k: float(v.detach()) for k, v in losses.items()}
             record.update({
                 "iteration": iteration, "lr": opt_g.param_groups[0]["lr"], "iters_per_s": window_iters / max(elapsed, 1e-9),
-                "peak_memory_mb": _peak_memory_mb(device),
+                "peak_memory_mb": peak_memory_mb(device),
             })
             history.append(record)
             bar.set_postfix(loss=f"{record['loss_pix']:.4f}")
