@@ -24,6 +24,9 @@ class Stage:
     extra_deps: tuple[str, ...] = ()  # inputs that are not stage outputs (raw data, provisioned weights)
     kinds: tuple[str, ...] = ("python",)
     metrics: tuple[str, ...] = ()  # JSON files among outs that DVC shows as metrics
+    # Training curves for `dvc plots show`: (JSON file inside an out, x field, y fields).
+    plots: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    pool: str | None = None  # Dagster concurrency pool: "gpu" for training, at most one at a time
 
     @property
     def track(self) -> str:
@@ -119,6 +122,8 @@ STAGES: tuple[Stage, ...] = (
         extra_deps=(),
         kinds=("pytorch", "mlflow"),
         metrics=(str(restoration_stages.STAGE1_METRICS),),
+        plots=((str(restoration_stages.STAGE1 / "history.json"), "iteration", ("loss_pix",)),),
+        pool="gpu",
     ),
     Stage(
         name="stage2_checkpoint",
@@ -132,6 +137,8 @@ STAGES: tuple[Stage, ...] = (
         code=(*TRAINING_CODE, "training/discriminator.py", "training/perceptual.py", "training/gan_loss.py"),
         kinds=("pytorch", "mlflow"),
         metrics=(str(restoration_stages.STAGE2_METRICS),),
+        plots=((str(restoration_stages.STAGE2 / "history.json"), "iteration", ("loss_pix", "loss_perceptual", "loss_gan")),),
+        pool="gpu",
     ),
     Stage(
         name="restoration_report",
@@ -181,6 +188,9 @@ STAGES: tuple[Stage, ...] = (
               "orchestration/detection_stages.py"),
         kinds=("pytorch", "mlflow"),
         metrics=(str(detection_stages.DETECTOR_METRICS),),
+        plots=((str(detection_stages.DETECTOR / "history.json"), "iteration",
+                ("loss", "loss_classification", "loss_bbox_regression", "loss_bbox_ctrness")),),
+        pool="gpu",
     ),
     Stage(
         name="detection_report",
