@@ -10,7 +10,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 # The YuNet/OpenCV/torch thread pools otherwise oversubscribe 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help setup demo test dvc-repro dagster-ui mlflow-ui bench clean-data
+.PHONY: help setup browser demo test screenshots dvc-repro dagster-ui mlflow-ui bench clean-data
 
 help:
 	@echo "make demo   - set up (if needed) and materialize every asset on the embedded default"
@@ -44,8 +44,19 @@ demo: setup
 	$(UV) run --frozen dagster asset materialize --select '*' -m orchestration.definitions
 	@echo "Open the UIs: make dagster-ui (http://127.0.0.1:3000) and make mlflow-ui (http://127.0.0.1:5000)"
 
-test: setup
+# The browser test drives Debian's Chromium through Playwright; nothing downloads a browser build.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; else SUDO=; fi; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: setup browser
 	$(UV) run --frozen pytest
+
+# README screenshots of both UIs over this checkout's mlruns.db and dagster_home.
+screenshots: setup browser
+	$(UV) run --frozen python tools/screenshots.py
 
 dvc-repro: setup
 	$(DVC) repro
