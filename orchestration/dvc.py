@@ -37,8 +37,31 @@ def stage_entry(st: Stage) -> dict:
     return entry
 
 
+def plot_entries() -> list[dict]:
+    """Top-level `plots:` of dvc.yaml, one named plot per training stage.
+
+    A plot id with `y: {file: [fields]}` (rather than the file as the id) keeps every loss of a stage on
+    one chart and gives `dvc plots show <id>` a stable name that does not change if the out folder moves.
+    """
+    entries = []
+    for st in topological():
+        for index, (path, x, ys) in enumerate(st.plots):
+            plot_id = st.name if len(st.plots) == 1 else f"{st.name}_{index}"
+            entries.append({plot_id: {
+                "title": f"{st.name}: training curves",
+                "template": "linear",
+                "x": x,
+                "y": {path: list(ys)},
+                "x_label": x,
+                "y_label": "loss" if all(y.startswith("loss") for y in ys) else "value",
+            }})
+    return entries
+
+
 def render() -> str:
-    doc = {"stages": {st.name: stage_entry(st) for st in topological()}}
+    doc: dict = {"stages": {st.name: stage_entry(st) for st in topological()}}
+    if plots := plot_entries():
+        doc["plots"] = plots
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=110)
 
 
