@@ -61,6 +61,19 @@ screenshots: setup browser
 dvc-repro: setup
 	$(DVC) repro
 
+# The default remote is `store` in .dvc/config: ../aubergine-dvc-remote beside this checkout. Move it without
+# editing the committed file: `tools/dvc/.venv/bin/dvc remote modify --local store url /mnt/share/aubergine`
+# (.dvc/config.local, gitignored), or push to/pull from another remote once: `make dvc-push DVC_REMOTE=name`.
+# Outputs made by Dagster rather than `dvc repro` reach the cache, and so the remote, after `dvc commit`.
+DVC_REMOTE ?=
+.PHONY: dvc-push dvc-pull
+
+dvc-push: $(DVC)
+	$(DVC) push $(if $(DVC_REMOTE),--remote $(DVC_REMOTE))
+
+dvc-pull: $(DVC)
+	$(DVC) pull $(if $(DVC_REMOTE),--remote $(DVC_REMOTE))
+
 dagster-ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(UV) run --frozen dagster dev --host 127.0.0.1 --port 3000
