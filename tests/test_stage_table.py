@@ -4,20 +4,18 @@ DVC reproduction and a Dagster materialization write byte-identical files."""
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc_project import DVC_BIN, dvc_env, engine_project, need_dvc
 
 from orchestration import dvc
 from orchestration.stages import STAGES, topological
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC_BIN = ROOT / "tools/dvc/.venv/bin/dvc"
 LINEAGE = [
     "raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset",
     "stage1_checkpoint", "stage2_checkpoint", "restoration_report",
@@ -80,30 +78,15 @@ def _tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def _engine_project(base: Path, project_root: Path) -> Path:
-    """A project folder holding one sample clip, the code (linked) and this checkout's dvc.yaml."""
-    base.mkdir()
-    shutil.copytree(project_root / "data", base / "data", symlinks=True)
-    shutil.copy(project_root / "params.yaml", base / "params.yaml")
-    for code in ("assets", "orchestration", "training", "evaluation", "inference"):
-        (base / code).symlink_to(ROOT / code)
-    # Only the launcher differs from the committed dvc.yaml: this test runs the checkout's interpreter
-    # instead of `uv run`, so it does not touch the project environment. The stage code is the same.
-    text = (ROOT / "dvc.yaml").read_text().replace("uv run --frozen aubergine", f"{sys.executable} -m orchestration.cli")
-    (base / "dvc.yaml").write_text(text)
-    return base
-
-
 @pytest.mark.slow
 @pytest.mark.dvc
 def test_dvc_repro_and_dagster_materialize_write_identical_files(project, tmp_path):
-    if not DVC_BIN.is_file():
-        pytest.fail(f"{DVC_BIN} missing: the DVC tool environment is installed by `make setup`")
+    need_dvc()
     project.add_sample("carphone_pristine.mp4")
     project.write_params(mlflow__enabled=False)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1"}
+    env = dvc_env()
 
-    dvc_root = _engine_project(tmp_path / "dvc", project.root)
+    dvc_root = engine_project(tmp_path / "dvc", project.root)
     subprocess.run([str(DVC_BIN), "init", "--no-scm", "-q"], cwd=dvc_root, env=env, check=True)
     # The data lineage is compared byte for byte; training stages record wall-clock timings, so they are not.
     first = subprocess.run([str(DVC_BIN), "repro", "restoration_dataset"], cwd=dvc_root, env=env, capture_output=True, text=True)
@@ -111,7 +94,7 @@ def test_dvc_repro_and_dagster_materialize_write_identical_files(project, tmp_pa
     again = subprocess.run([str(DVC_BIN), "repro", "restoration_dataset"], cwd=dvc_root, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Data and pipelines are up to date" in again.stdout, again.stdout
 
-    dag_root = _engine_project(tmp_path / "dagster", project.root)
+    dag_root = engine_project(tmp_path / "dagster", project.root)
     env_dag = {**env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     (tmp_path / "dagster_home").mkdir()
     run = subprocess.run(
