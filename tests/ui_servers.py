@@ -205,13 +205,15 @@ def launch_chromium(playwright):
 # First-visit popups would cover what the test asserts and what the README shows: Dagster's community sign-up
 # (shown only on 127.0.0.1/localhost), MLflow's assistant panel that opens itself once. Both remember a dismissal in
 # localStorage, so the dismissal is written before the pages' scripts run; nothing is sent to either server. Dagster's
-# left navigation starts collapsed to leave the width to the graph.
+# left navigation starts collapsed to leave the width to the graph, and MLflow opens in its model-training mode (runs,
+# models) rather than the GenAI one (traces, prompts) it defaults to.
 _FIRST_VISIT = """
 try {
   localStorage.setItem("communityNux", JSON.stringify("1"));
   localStorage.setItem("dagster-nav-collapsed", "true");
   localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
   localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+  localStorage.setItem("mlflow.workflowType_v1", JSON.stringify("machine_learning"));
 } catch (e) {}
 """
 
