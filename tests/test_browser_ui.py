@@ -14,8 +14,8 @@ from orchestration.runner import run_stage
 from orchestration.stages import STAGES
 from tests.conftest import ROOT, Project, need_media
 from tests.ui_servers import (
-    CHROMIUM, VIEWPORT, launch_chromium, mlflow_experiment_id, open_dagster_asset_graph, quiet_first_visit, settle,
-    start_dagster, start_mlflow,
+    CHROMIUM, VIEWPORT, dagster_graph, launch_chromium, mlflow_experiment_id, open_dagster_asset_graph,
+    quiet_first_visit, settle, start_dagster, start_mlflow,
 )
 
 pytestmark = pytest.mark.browser
@@ -93,11 +93,12 @@ def page(browser):
 def test_dagster_asset_graph_renders_every_stage(servers, page):
     from playwright.sync_api import expect
 
-    open_dagster_asset_graph(page, servers["dagster"].url, full_nodes=True, timeout_ms=UI_TIMEOUT_MS)
     shot = artifacts_dir() / "dagster_asset_graph.png"
     try:
+        open_dagster_asset_graph(page, servers["dagster"].url, full_nodes=True, timeout_ms=UI_TIMEOUT_MS)
+        graph = dagster_graph(page)
         for st in STAGES:
-            expect(page.get_by_text(st.name, exact=True).first, f"asset {st.name} in the graph").to_be_visible(timeout=UI_TIMEOUT_MS)
+            expect(graph.get_by_text(st.name, exact=True), f"asset {st.name} in the graph").to_be_visible(timeout=UI_TIMEOUT_MS)
     finally:
         settle(page)
         page.screenshot(path=str(shot), full_page=True)

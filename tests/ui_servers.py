@@ -225,6 +225,11 @@ _MINIMAL_NODE = "[class*=AssetNode_minimalAssetNodeBox]"
 _GRAPH_SVG = "svg[class*=AssetGraphExplorer_svgContainer]"
 
 
+def dagster_graph(page):
+    """The asset graph's drawing, without the sidebar and search box that can name the same assets."""
+    return page.locator(_GRAPH_SVG)
+
+
 def quiet_first_visit(context) -> None:
     context.add_init_script(_FIRST_VISIT)
 
