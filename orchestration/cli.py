@@ -44,11 +44,12 @@ def _known_errors():
     from assets.raw_clips import RawFolderError
     from assets.weights import WeightsError
     from orchestration.lineage import StageInputError
+    from orchestration.tracking import RegistryUnreachableError
     from training.checkpoints import CheckpointError
     from training.data import DatasetTooShortError
 
     return (StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError, CheckpointError,
-            DatasetTooShortError)
+            DatasetTooShortError, RegistryUnreachableError)
 
 
 @app.command("stage")

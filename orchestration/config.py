@@ -323,6 +323,100 @@ class TrackingServerParams(_Strict):
     uri: str | None = None
     artifact_dir: str = "mlartifacts"
     enabled: bool = True
+    # Where a person opens the runs (`make mlflow-ui`); Dagster metadata and run tags link there.
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+class CompareRule(_Strict):
+    """Challenger vs champion on one metric of their evaluation runs."""
+
+    metric: str
+    better: Literal["higher", "lower"] = "higher"
+    # The challenger must beat the champion by at least this much (0 = "not worse").
+    margin: Annotated[float, Field(ge=0)] = 0.0
+
+
+class FloorRule(_Strict):
+    """An absolute bound every promoted version meets; the only test a first model (no champion yet) faces."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "FloorRule":
+        if self.min is None and self.max is None:
+            raise ValueError(f"floor on {self.metric!r} needs `min` or `max`")
+        return self
+
+
+class ModelGate(_Strict):
+    compare: tuple[CompareRule, ...] = ()
+    floors: tuple[FloorRule, ...] = ()
+
+
+def _default_gates() -> dict[str, ModelGate]:
+    return {
+        "eggplant-restorer": ModelGate(compare=(CompareRule(metric="output_psnr_region", margin=0.1),),
+                                       floors=(FloorRule(metric="psnr_region_gain_db", min=0.0),)),
+        "face-plate-detector": ModelGate(compare=(CompareRule(metric="AP50"),), floors=(FloorRule(metric="AP50", min=0.05),)),
+    }
+
+
+class PromotionParams(_Strict):
+    """`promoted_models`: rules that move a registered model's `champion` alias to its `challenger`."""
+
+    models: dict[str, ModelGate] = Field(default_factory=_default_gates)
+
+    @field_validator("models")
+    @classmethod
+    def _known_metrics(cls, models: dict[str, ModelGate]) -> dict[str, ModelGate]:
+        from orchestration.model_metrics import REPORT_METRICS
+
+        for name, gate in models.items():
+            if name not in REPORT_METRICS:
+                raise ValueError(f"promotion.models.{name}: no evaluation registers a model of that name "
+                                 f"(known: {', '.join(sorted(REPORT_METRICS))})")
+            known = REPORT_METRICS[name]
+            for kind, rules in (("compare", gate.compare), ("floors", gate.floors)):
+                for i, rule in enumerate(rules):
+                    if rule.metric not in known:
+                        raise ValueError(f"promotion.models.{name}.{kind}[{i}].metric = {rule.metric!r}: the "
+                                         f"evaluation run of {name} logs no such metric (known: {', '.join(sorted(known))})")
+        return models
+
+
+class RetrainingParams(_Strict):
+    """Dagster's schedule (retrain → evaluate → promote) and the sensor that runs the lineage on new clips."""
+
+    cron: str = "0 3 * * 1"  # weekly, Monday 03:00
+    timezone: str = "UTC"
+    schedule_running: bool = True  # on by default once `dagster-daemon` runs; off = turn it on in the UI
+    sensor_running: bool = True
+    sensor_interval_s: Annotated[int, Field(ge=5)] = 30
+    # A clip younger than this is probably still being copied in; the next tick picks it up.
+    min_file_age_s: Annotated[float, Field(ge=0)] = 10.0
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value) or len(value.split()) != 5:
+            raise ValueError("not a 5-field cron expression (minute hour day-of-month month day-of-week), "
+                             "e.g. '0 3 * * 1' for Mondays at 03:00")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone name (e.g. UTC, Europe/Berlin)") from None
+        return value
 
 
 class Params(_Strict):
@@ -339,6 +433,8 @@ class Params(_Strict):
     coco: CocoParams = CocoParams()
     detector: DetectorParams = DetectorParams()
     mlflow: TrackingServerParams = TrackingServerParams()
+    promotion: PromotionParams = PromotionParams()
+    retraining: RetrainingParams = RetrainingParams()
 
 
 def _deep_merge(base: dict, overlay: dict, prefix: str = "") -> dict:
@@ -359,6 +455,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             lines.append(f"  - {key}: unknown key (check the spelling against params.yaml)")
             continue
         value = item.get("input")
+        if len(repr(value)) > 120:  # a whole section as "value" hides the message
+            value = f"{repr(value)[:100]}…"
         allowed = item.get("ctx", {}).get("expected")
         message = item["msg"]
         detail = f"  - {key} = {value!r}: {message}"

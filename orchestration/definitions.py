@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration import automation
+from orchestration.automation import RETRAIN_STAGES
 from orchestration.config import ConfigError, Params, load_params
 from orchestration.runner import run_stage
 from orchestration.stages import STAGES, Stage
@@ -61,6 +63,7 @@ def build_asset(st: Stage) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(u) for u in st.upstream],
         kinds=set(st.kinds),
         tags={"track": st.track},
+        pool=st.pool,
         metadata={"outs": dg.MetadataValue.json(list(st.outs)), "params": dg.MetadataValue.json(list(st.params))},
     )
     def _asset(context: dg.AssetExecutionContext, params: AubergineParams) -> dg.MaterializeResult:
@@ -70,7 +73,11 @@ def build_asset(st: Stage) -> dg.AssetsDefinition:
         meta["input_hash"] = dg.MetadataValue.text(report.output.input_hash)
         if report.mlflow_run_id:
             meta["mlflow_run_id"] = dg.MetadataValue.text(report.mlflow_run_id)
-            meta["mlflow_run"] = dg.MetadataValue.text(report.mlflow_run_url or "")
+            meta["mlflow_run"] = dg.MetadataValue.url(report.mlflow_run_url or "")
+            # Run tags show on the run's page in the UI: one link per stage's MLflow run.
+            context.instance.add_run_tags(context.run_id, {f"mlflow/{st.name}": report.mlflow_run_url or report.mlflow_run_id})
+        for label, text in report.output.markdown.items():
+            meta[label] = dg.MetadataValue.md(text)
         if report.output.images:
             meta["contact_sheets"] = dg.MetadataValue.md(_image_markdown(report.output.images))
             meta["contact_sheet_files"] = dg.MetadataValue.json({k: str(v) for k, v in report.output.images.items()})
@@ -144,6 +151,8 @@ def region_tracks_coverage() -> dg.AssetCheckResult:
 
 
 ASSETS = [build_asset(st) for st in STAGES]
+
+
 @dg.asset_check(asset="unified_coco", blocking=True, description="Great Expectations suites over both COCO splits: "
                 "boxes inside their image, positive area, known categories, unique image and annotation ids, files exist.")
 def unified_coco_expectations() -> dg.AssetCheckResult:
@@ -165,13 +174,26 @@ def unified_coco_expectations() -> dg.AssetCheckResult:
 
 CHECKS = [raw_clips_manifest_expectations, unified_coco_expectations, restoration_dataset_expectations, restoration_dataset_readable, region_tracks_coverage]
 
-data_lineage_job = dg.define_asset_job(
-    "data_lineage", selection=dg.AssetSelection.assets(*ASSETS), description="Raw clips to the Lada restoration dataset."
-)
+_TRAINING_AND_AFTER = set(RETRAIN_STAGES)
+JOBS = {
+    "data_lineage": dg.define_asset_job(
+        "data_lineage", selection=dg.AssetSelection.assets(*[st.name for st in STAGES if st.name not in _TRAINING_AND_AFTER]),
+        description="Raw clips to the training sets: the Lada restoration dataset and the unified COCO set."),
+    "retrain": dg.define_asset_job(
+        "retrain", selection=dg.AssetSelection.assets(*RETRAIN_STAGES),
+        description="Training → evaluation → promotion on the current datasets (the schedule's job). Training "
+        "resumes a finished run when recipe and data are unchanged."),
+    "full_pipeline": dg.define_asset_job(
+        "full_pipeline", selection=dg.AssetSelection.all(),
+        description="Every asset, raw clips through promotion (the new-clips sensor's job)."),
+}
+SCHEDULES, SENSORS = automation.build(JOBS, automation.retraining_settings())
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[data_lineage_job],
-    resources={"params": AubergineParams()},
+    jobs=list(JOBS.values()),
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources={"params": AubergineParams(path=automation.PARAMS_PATH)},
 )

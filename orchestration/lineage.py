@@ -44,6 +44,7 @@ class StageOutput:
     images: dict[str, Path] = field(default_factory=dict)  # label -> PNG shown in the UI and logged
     files: list[Path] = field(default_factory=list)  # other artifacts worth logging
     input_hash: str = ""
+    markdown: dict[str, str] = field(default_factory=dict)  # label -> Markdown (tables) shown in Dagster
 
 
 def _read_json(path: Path, stage: str) -> dict:

@@ -34,6 +34,7 @@ def run_stage(
     # run in parallel across `data.workers` processes.
     cv2.setNumThreads(1)
     params = params or load_params(params_path)  # validated before any work starts
+    tracking.check_reachable(params)  # an unreachable registry is said now, not after hours of training
     sections = {key: section(params, key) for key in st.params if key not in ("profile", "profiles", "seed")}
     # The run is open while the stage works, so training stages can log curves and sample grids as they go;
     # a stage that raises leaves a FAILED run behind, which is what a person comparing runs wants to see.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestration import detection_stages, lineage, restoration_stages
+from orchestration import detection_stages, lineage, promotion_stages, restoration_stages
 
 
 @dataclass(frozen=True)
@@ -205,6 +205,20 @@ STAGES: tuple[Stage, ...] = (
               "orchestration/detection_stages.py", "orchestration/tracking.py"),
         kinds=("pytorch", "mlflow", "html"),
         metrics=(str(detection_stages.DETECTION_METRICS),),
+    ),
+    Stage(
+        name="promoted_models",
+        group="promotion",
+        description="The promotion gate: for each registered model, compares the `challenger` version's evaluation "
+        "metrics with the `champion`'s by the rules in `promotion.models` and moves `champion` only on a pass; the "
+        "decision (inputs, outcome, reasons) goes to model-version tags, this run's tags and decisions.json.",
+        run=promotion_stages.run_promoted_models,
+        upstream=("restoration_report", "detection_report"),
+        params=("promotion",),
+        outs=(str(promotion_stages.PROMOTION_REPORT),),
+        code=("orchestration/promotion.py", "orchestration/promotion_stages.py", "orchestration/model_metrics.py",
+              "orchestration/tracking.py"),
+        kinds=("mlflow",),
     ),
 )
 

@@ -20,7 +20,9 @@ EXPERIMENT_PREFIX = "aubergine"
 
 
 def repo_root() -> Path:
-    return Path.cwd()
+    # `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps that is deleted afterwards;
+    # DVC_ROOT (set by DVC in every mode) names the real repository, whose store the runs belong in.
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
 
 
 # `mlflow.set_tracking_uri` writes MLFLOW_TRACKING_URI itself, so a value we set must not be mistaken for the
@@ -140,13 +142,50 @@ def log_stage_outputs(run, metrics: dict[str, float], artifacts: list[Path], art
 
 
 def run_url(params: Params, run) -> str | None:
+    """The run's page in the MLflow UI: the tracking server itself, or `mlflow.ui_url` serving the local store."""
     if run is None:
         return None
     uri = tracking_uri(params)
-    exp, rid = run.info.experiment_id, run.info.run_id
-    if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{rid}"
-    return f"mlflow ui --backend-store-uri {uri}  →  experiment {exp}, run {rid}"
+    base = uri if uri.startswith("http") else params.mlflow.ui_url
+    return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+class RegistryUnreachableError(RuntimeError):
+    """The MLflow tracking store / model registry cannot be reached: said before any work starts."""
+
+
+def check_reachable(params: Params, timeout_s: float = 5.0) -> str:
+    """Fail fast, naming the store, when tracking is on but its store cannot be reached. MLflow's own client
+    retries an unreachable server for minutes; a training run that finds out at its end loses its work."""
+    if not params.mlflow.enabled:
+        return "disabled"
+    uri = tracking_uri(params)
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise RegistryUnreachableError(f"MLflow server {uri}: /health answered HTTP {response.status}")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise RegistryUnreachableError(
+                f"MLflow tracking server / model registry {uri} is unreachable ({reason}); start it (make mlflow-ui) "
+                "or point mlflow.uri / MLFLOW_TRACKING_URI at a running one") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise RegistryUnreachableError(f"MLflow store {uri}: folder {folder} does not exist")
+    else:  # a database URI (postgresql://, mysql://): one cheap query through MLflow itself
+        try:
+            _mlflow(params)
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient().search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 - any driver error means the same thing here
+            raise RegistryUnreachableError(f"MLflow store {uri} is unreachable: {err}") from None
+    return uri
 
 
 

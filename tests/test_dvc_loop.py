@@ -156,10 +156,7 @@ def _experiments(root: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("mode", [
     "workspace",
-    pytest.param("temp", marks=pytest.mark.xfail(strict=True, reason=(
-        "a --temp/queued experiment runs in a copy under .dvc/tmp/exps and tracking.repo_root() is the cwd, so its "
-        "MLflow run goes to the copy's own mlruns.db, deleted with it; DVC_ROOT (set by DVC to the parent repo) "
-        "would point at the real store. Drop this marker once tracking honours it."))),
+    "temp",  # runs in a copy under .dvc/tmp/exps: the MLflow run must still land in the real store (DVC_ROOT)
 ])
 def test_exp_run_with_a_changed_param_is_an_experiment_and_tags_its_mlflow_run(lineage, mode):
     root = lineage

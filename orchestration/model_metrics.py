@@ -1,0 +1,28 @@
+"""Which metrics each registered model's evaluation run logs, by name.
+
+The promotion gate's rules in params.yaml name these metrics. They are checked against this catalogue when
+params.yaml is loaded, so a rule that names a metric no evaluation produces is an error before any training
+starts, not a surprise at the end of a week's run. tests/test_promotion.py checks the catalogue against the
+metrics the report stages really write, so it cannot drift from them.
+"""
+
+from __future__ import annotations
+
+RESTORER = "eggplant-restorer"
+DETECTOR = "face-plate-detector"
+
+_RESTORATION_BASE = ("psnr", "ssim", "psnr_region", "ssim_region", "psnr_region_pooled")
+_DETECTION_CATEGORIES = ("face", "plate")
+
+REPORT_METRICS: dict[str, frozenset[str]] = {
+    # restoration_report: mosaic input vs restored output against the eggplant GT (evaluation/restoration_eval.py)
+    RESTORER: frozenset(
+        [f"{side}_{m}" for side in ("input", "output") for m in _RESTORATION_BASE]
+        + ["psnr_gain_db", "psnr_region_gain_db", "frames", "scenes"]
+    ),
+    # detection_report: COCO evaluation on the val split (evaluation/detection_map.py)
+    DETECTOR: frozenset(
+        ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "images", "gt_boxes"]
+        + [f"{m}_{c}" for m in ("AP", "AP50", "AP75", "AR100") for c in _DETECTION_CATEGORIES]
+    ),
+}
