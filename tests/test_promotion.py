@@ -16,6 +16,7 @@ from orchestration.model_metrics import DETECTOR, REPORT_METRICS, RESTORER
 from orchestration.promotion import decide
 from orchestration.runner import run_stage
 from tests.conftest import ROOT, Project, need_media
+from tests.test_restoration_track import DATA_STAGES
 
 GATE = ModelGate(compare=(CompareRule(metric="output_psnr_region", margin=0.1),),
                  floors=(FloorRule(metric="psnr_region_gain_db", min=0.0),))
@@ -83,7 +84,6 @@ def test_catalogue_matches_the_committed_report_metrics():
 
 # --- the gate on real registered models --------------------------------------------------------------------------
 
-DATA_STAGES = ("raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset")
 SMALL = {f"profiles__embedded__{k}": v for k, v in dict(
     restoration__stage1__num_frame=4, restoration__stage1__mid_channels=8, restoration__stage1__num_blocks=1,
     restoration__stage1__checkpoint_interval=10, restoration__stage1__sample_interval=1000, restoration__stage1__log_interval=5,
