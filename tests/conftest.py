@@ -90,3 +90,14 @@ def write_clip(path: Path, frames, fps: float = 25.0) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, and a user's MLFLOW_TRACKING_URI wins over params.yaml.
+    Without this, the store of an earlier test leaks into the subprocesses (dvc, aubergine, dagster) of a later
+    one, whose runs then land in the wrong store (seen in CI: test order decides)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from orchestration import tracking
+
+    monkeypatch.setattr(tracking, "_uri_we_set", None)

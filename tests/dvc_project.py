@@ -23,7 +23,10 @@ def need_dvc() -> None:
 
 def dvc_env(**extra: str) -> dict[str, str]:
     # PYTHONPATH: the stage commands run `python -m orchestration.cli` from the linked code.
-    return {**os.environ, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1", **extra}
+    # An MLFLOW_TRACKING_URI exported by an earlier test's MLflow client would send the stages' runs to that
+    # test's store; the throwaway project's params.yaml names its own.
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**inherited, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1", **extra}
 
 
 def engine_project(base: Path, project_root: Path) -> Path:
