@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration import tracking
 from orchestration.config import Params, RetrainingParams, load_params
 
 PARAMS_PATH = os.environ.get("AUBERGINE_PARAMS", "params.yaml")
@@ -86,8 +87,6 @@ def scan_raw_folder(raw_dir: Path, extensions: tuple[str, ...], min_age_s: float
 
 def preflight(path: str | Path = PARAMS_PATH) -> Params:
     """What a tick checks before it may start a run: params.yaml valid (cron, gate rules) and the registry up."""
-    from orchestration import tracking
-
     params = load_params(path)
     tracking.check_reachable(params)
     return params
@@ -96,12 +95,9 @@ def preflight(path: str | Path = PARAMS_PATH) -> Params:
 def build(jobs: dict, settings: RetrainingParams):
     """The schedule and the sensor, for `dg.Definitions`."""
 
-    def status(running: bool):
-        return dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
-
     @dg.schedule(
         name="retrain_schedule", job=jobs["retrain"], cron_schedule=settings.cron, execution_timezone=settings.timezone,
-        default_status=status(settings.schedule_running),
+        default_status=dg.DefaultScheduleStatus.RUNNING if settings.schedule_running else dg.DefaultScheduleStatus.STOPPED,
         description=f"Retrain → evaluate → promote on `retraining.cron` ({settings.cron}, {settings.timezone}).",
     )
     def retrain_schedule(context: dg.ScheduleEvaluationContext):
@@ -109,11 +105,9 @@ def build(jobs: dict, settings: RetrainingParams):
         return dg.RunRequest(tags={"aubergine/trigger": "schedule",
                                    "aubergine/scheduled_for": context.scheduled_execution_time.isoformat()})
 
-    sensor_status = dg.DefaultSensorStatus.RUNNING if settings.sensor_running else dg.DefaultSensorStatus.STOPPED
-
     @dg.sensor(
         name="new_clips", job=jobs["full_pipeline"], minimum_interval_seconds=settings.sensor_interval_s,
-        default_status=sensor_status,
+        default_status=dg.DefaultSensorStatus.RUNNING if settings.sensor_running else dg.DefaultSensorStatus.STOPPED,
         description="Starts the whole lineage, through promotion, once per batch of new clips in `data.raw_dir`.",
     )
     def new_clips(context: dg.SensorEvaluationContext):
@@ -127,8 +121,6 @@ def build(jobs: dict, settings: RetrainingParams):
             return dg.SensorResult(skip_reason=f"no new clips{waiting}", cursor=json.dumps(found.cursor, sort_keys=True))
         # The cursor only moves once the run can start: an unreachable registry fails this tick and the
         # same batch is tried again on the next one.
-        from orchestration import tracking
-
         tracking.check_reachable(params)
         names = ", ".join(sorted(found.new))
         return dg.SensorResult(

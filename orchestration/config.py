@@ -454,12 +454,12 @@ def _format_error(err: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key (check the spelling against params.yaml)")
             continue
-        value = item.get("input")
-        if len(repr(value)) > 120:  # a whole section as "value" hides the message
-            value = f"{repr(value)[:100]}…"
+        shown = repr(item.get("input"))
+        if len(shown) > 120:  # a whole section as "value" hides the message
+            shown = f"{shown[:100]}…"
         allowed = item.get("ctx", {}).get("expected")
         message = item["msg"]
-        detail = f"  - {key} = {value!r}: {message}"
+        detail = f"  - {key} = {shown}: {message}"
         if allowed and allowed not in message:
             detail += f" (allowed: {allowed})"
         lines.append(detail)

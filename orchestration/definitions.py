@@ -174,10 +174,9 @@ def unified_coco_expectations() -> dg.AssetCheckResult:
 
 CHECKS = [raw_clips_manifest_expectations, unified_coco_expectations, restoration_dataset_expectations, restoration_dataset_readable, region_tracks_coverage]
 
-_TRAINING_AND_AFTER = set(RETRAIN_STAGES)
 JOBS = {
     "data_lineage": dg.define_asset_job(
-        "data_lineage", selection=dg.AssetSelection.assets(*[st.name for st in STAGES if st.name not in _TRAINING_AND_AFTER]),
+        "data_lineage", selection=dg.AssetSelection.assets(*[st.name for st in STAGES if st.name not in RETRAIN_STAGES]),
         description="Raw clips to the training sets: the Lada restoration dataset and the unified COCO set."),
     "retrain": dg.define_asset_job(
         "retrain", selection=dg.AssetSelection.assets(*RETRAIN_STAGES),

@@ -161,7 +161,7 @@ def _coco_hash() -> str:
 
 
 def run_detector(params: Params) -> StageOutput:
-    from training.detector_loop import DetectorTrainSettings, train_detector
+    from training.detector_loop import settings_from_params, train_detector
     from training.loop import write_curves
 
     d = params.detector
@@ -169,14 +169,8 @@ def run_detector(params: Params) -> StageOutput:
     recipe = {k: v for k, v in d.model_dump().items()
               if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold")}
     run_key = fingerprint("detector", recipe, params.seed, data_hash)
-    settings = DetectorTrainSettings(
-        train_json=UNIFIED_COCO / "train.json", train_images=UNIFIED_COCO, work_dir=WORK / "detector" / run_key,
-        fingerprint=run_key, val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, arch=d.arch,
-        pretrained_backbone=Path(d.pretrained_backbone) if d.pretrained_backbone else None,
-        pretrained_sha256=d.pretrained_sha256, fpn_channels=d.fpn_channels, min_size=d.min_size, max_size=d.max_size, batch_size=d.batch_size,
-        lr=d.lr, max_iters=d.max_iters, log_interval=d.log_interval, checkpoint_interval=d.checkpoint_interval,
-        score_threshold=d.score_threshold, seed=params.seed, device=d.device, amp=d.amp,
-    )
+    settings = settings_from_params(d, UNIFIED_COCO / "train.json", UNIFIED_COCO, WORK / "detector" / run_key, run_key,
+                                    val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, seed=params.seed)
 
     def on_log(metrics: dict, step: int) -> None:
         tracking.log_step({f"detector/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)

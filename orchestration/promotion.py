@@ -106,8 +106,8 @@ def _run_metrics(client, run_id: str | None) -> dict[str, float]:
     return dict(client.get_run(run_id).data.metrics)
 
 
-def gate_model(client, name: str, gate: ModelGate, *, apply: bool = True) -> Decision:
-    """Decide for one registered model and, when `apply`, move the alias and tag the challenger version."""
+def gate_model(client, name: str, gate: ModelGate) -> Decision:
+    """Decide for one registered model, move the alias on a pass and tag the challenger version."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     challenger = _alias_version(client, name, CHALLENGER)
     champion = _alias_version(client, name, CHAMPION)
@@ -131,8 +131,7 @@ def gate_model(client, name: str, gate: ModelGate, *, apply: bool = True) -> Dec
         decision = Decision(name, PROMOTED, champion_after=challenger_v, reasons=reasons, checks=checks, **base)
     else:
         decision = Decision(name, REJECTED, champion_after=champion_v, reasons=failed, checks=checks, **base)
-    if apply:
-        _record(client, decision)
+    _record(client, decision)
     return decision
 
 

@@ -15,11 +15,8 @@ PROMOTION_REPORT = Path("data/reports/promotion")
 
 def run_promoted_models(params: Params) -> StageOutput:
     if params.mlflow.enabled:
-        tracking._mlflow(params)  # points the client at the project's store
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient()
-        decisions = [gate_model(client, name, gate) for name, gate in params.promotion.models.items()]
+        registry = tracking.client(params)
+        decisions = [gate_model(registry, name, gate) for name, gate in params.promotion.models.items()]
     else:
         decisions = [Decision(name, "skipped", None, None, None, ["mlflow.enabled is false: there is no registry to promote in"])
                      for name in params.promotion.models]

@@ -61,13 +61,18 @@ def _mlflow(params: Params):
     return mlflow
 
 
-def init_store(params: Params) -> str:
-    """Create (and migrate) the tracking store once, before any parallel writer."""
-    mlflow = _mlflow(params)
+def client(params: Params):
+    """An MlflowClient on the project's store (registry included)."""
+    _mlflow(params)
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().search_experiments(max_results=1)
-    return mlflow.get_tracking_uri()
+    return MlflowClient()
+
+
+def init_store(params: Params) -> str:
+    """Create (and migrate) the tracking store once, before any parallel writer."""
+    client(params).search_experiments(max_results=1)
+    return tracking_uri(params)
 
 
 def experiment_id(params: Params, track: str) -> str:
@@ -179,10 +184,7 @@ def check_reachable(params: Params, timeout_s: float = 5.0) -> str:
             raise RegistryUnreachableError(f"MLflow store {uri}: folder {folder} does not exist")
     else:  # a database URI (postgresql://, mysql://): one cheap query through MLflow itself
         try:
-            _mlflow(params)
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient().search_experiments(max_results=1)
+            client(params).search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001 - any driver error means the same thing here
             raise RegistryUnreachableError(f"MLflow store {uri} is unreachable: {err}") from None
     return uri
@@ -244,7 +246,6 @@ def register_pytorch_model(params: Params, model, name: str, alias: str = "chall
     package rides along as code, so the model loads in any environment that has torch and torchvision.
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     run = mlflow.active_run()
     if run is None:
@@ -256,7 +257,6 @@ def register_pytorch_model(params: Params, model, name: str, alias: str = "chall
         pip_requirements=["torch", "torchvision"],
     )
     version = mlflow.register_model(info.model_uri, name, tags=tags or {})
-    client = MlflowClient()
-    client.set_registered_model_alias(name, alias, version.version)
+    client(params).set_registered_model_alias(name, alias, version.version)
     return {"registered": True, "model": name, "version": int(version.version), "alias": alias,
             "model_uri": f"models:/{name}/{version.version}", "run_id": run.info.run_id}

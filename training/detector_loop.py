@@ -320,18 +320,6 @@ def detection_grid(model: torch.nn.Module, data: CocoBoxes, indices: list[int], 
     return save_png(sheet, dest)
 
 
-def summary(result: DetectorTrainResult) -> dict:
-    last = result.history[-1] if result.history else {}
-    return {
-        "iterations": result.iterations,
-        "resumed_from": result.resumed_from,
-        "final_loss": last.get("loss", math.nan),
-        "images_per_s": last.get("images_per_s", math.nan),
-        "peak_memory_mb": last.get("peak_memory_mb", math.nan),
-        "train_seconds": round(result.seconds, 2),
-    }
-
-
 def settings_from_params(params, train_json: Path, train_images: Path, work_dir: Path, fingerprint: str,
                          val_json: Path | None = None, val_images: Path | None = None, seed: int = 1234,
                          **overrides) -> DetectorTrainSettings:
