@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
@@ -129,7 +129,12 @@ class CombinedDetector:
         return [d for det in self.detectors for d in det(frame, index)]
 
 
-def build_detector(clip: Path, params) -> CombinedDetector:
+# Loads the trained face/plate detector: (weights path, score threshold, kinds) -> Detector. Passed in by the
+# caller (training.detector.trained_regions) because assets sit below training and must not import it.
+TrainedLoader = Callable[[str | Path, float, tuple[str, ...]], Detector]
+
+
+def build_detector(clip: Path, params, trained: TrainedLoader | None = None) -> CombinedDetector:
     """Sidecar annotations win when present; otherwise the configured face and plate detectors."""
     sidecar = clip.with_name(clip.name + params.sidecar_suffix)
     if sidecar.is_file():
@@ -147,19 +152,8 @@ def build_detector(clip: Path, params) -> CombinedDetector:
         )
     kinds = tuple(k for k, choice in (("face", params.faces), ("plate", params.plates)) if choice == "detector")
     if kinds:
-        detectors.append(trained_detector(params.detector_model, params.detector_score_threshold, kinds))
+        if trained is None:
+            raise ValueError(f"detection.faces/plates = 'detector' needs the trained detector's loader "
+                             f"(training.detector.trained_regions); {clip} was given none")
+        detectors.append(trained(params.detector_model, params.detector_score_threshold, kinds))
     return CombinedDetector(detectors)
-
-
-_TRAINED: dict = {}
-
-
-def trained_detector(path: str | Path, score_threshold: float, kinds: tuple[str, ...]):
-    """The face/plate detector trained by `detector_checkpoint` (loaded once per process and file)."""
-    from training.detector import DetectorRegions
-
-    key = (str(path), score_threshold, kinds)
-    if key not in _TRAINED:
-        verify_weights(path, None, "copy data/models/detector/detector.pth there after materializing detector_checkpoint")
-        _TRAINED[key] = DetectorRegions.from_checkpoint(path, score_threshold, device="cpu", kinds=kinds)
-    return _TRAINED[key]

@@ -24,9 +24,10 @@ def scene_mask_frames(scene: Scene, mask_shape: str):
         yield cut_and_pad(region_mask((cy1 - cy0, cx1 - cx0), local, scene.kind, mask_shape), (0, 0, cx1 - cx0, cy1 - cy0), pad)
 
 
-def track_clip(clip: dict, out_dir: Path, detection, tracking) -> dict:
+def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> dict:
+    """`trained`: the loader of the trained face/plate detector (see `assets.detect.build_detector`)."""
     path = Path(clip["path"])
-    detector = build_detector(path, detection)
+    detector = build_detector(path, detection, trained)
     detections: list[list] = []
     frames = tqdm(read_frames(path), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
     for index, frame in enumerate(frames):

@@ -55,8 +55,12 @@ def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
 def probe_video(path: str | Path) -> VideoProbe:
     """Open, demux every packet and decode the first frame; raise VideoError with the reason if any fails."""
     path = Path(path)
+    if path.is_dir():
+        raise VideoError(f"{path}: is a folder, not a video file (give one video; `aubergine validate` takes a folder)")
+    if not path.exists():
+        raise VideoError(f"{path}: no such file")
     if not path.is_file():
-        raise VideoError(f"{path}: file does not exist")
+        raise VideoError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:

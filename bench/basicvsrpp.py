@@ -3,9 +3,9 @@ trainable (what mmengine's lr-multiplier-0 recipe computes), and inference frame
 
 Figures are ratios measured in one interleaved run, because these machines are shared and noisy.
 
-    uv run --frozen python bench/basicvsrpp.py                    # embedded size on CPU (16 ch, 2 blocks, 128 px, 8 frames)
-    uv run --frozen python bench/basicvsrpp.py --full --size 256  # Lada's size (64 ch, 15 blocks) on CPU: slow
-    uv run --frozen python bench/basicvsrpp.py --full --device cuda --frames 12 --amp   # GPU box
+    .venv/bin/python bench/basicvsrpp.py                    # embedded size on CPU (16 ch, 2 blocks, 128 px, 8 frames)
+    .venv/bin/python bench/basicvsrpp.py --full --size 256  # Lada's size (64 ch, 15 blocks) on CPU: slow
+    .venv/bin/python bench/basicvsrpp.py --full --device cuda --frames 12 --amp   # GPU box
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ own resize to `min_size`/`max_size`. Variants (architectures x FPN widths) are m
 by round, in one run, and reported with their ratios to the first variant, because these machines are
 shared and noisy: compare ratios, not absolute numbers taken at different times.
 
-    uv run --frozen python bench/detector.py                                  # embedded: fcos_resnet18_fpn, 320/480, batch 4, CPU
-    uv run --frozen python bench/detector.py --fpn-channels 256 128           # the FPN/head width knob
-    uv run --frozen python bench/detector.py --arch fcos_resnet18_fpn fasterrcnn_mobilenet_v3_large_fpn --rounds 2
-    uv run --frozen python bench/detector.py --min-size 512 --max-size 853 --batch 8 --device cuda --amp   # GPU box
+    .venv/bin/python bench/detector.py                                  # embedded: fcos_resnet18_fpn, 320/480, batch 4, CPU
+    .venv/bin/python bench/detector.py --fpn-channels 256 128           # the FPN/head width knob
+    .venv/bin/python bench/detector.py --arch fcos_resnet18_fpn fasterrcnn_mobilenet_v3_large_fpn --rounds 2
+    .venv/bin/python bench/detector.py --min-size 512 --max-size 853 --batch 8 --device cuda --amp   # GPU box
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - identity: faces/s of the dlib ResNet backend (detect + 5-point align + descriptor);
 - OCR: plates/s of EasyOCR reading the two plates of the alpr photo.
 
-    uv run python bench/evaluation.py [--images 64] [--repeat 3]
+    .venv/bin/python bench/evaluation.py [--images 64] [--repeat 3]
 
 Sample images ship in registry packages (scikit-image, alpr); FID weights come from `make setup`.
 """

@@ -2,7 +2,7 @@
 restoration dataset, a resume that extends max_iters, Stage 2 with perceptual + GAN, fp16 evaluation of val.
 Prints iterations/s and peak memory per stage. Needs a CUDA device and a materialized restoration_dataset.
 
-    uv run --frozen python bench/restoration_gpu_loop.py
+    .venv/bin/python bench/restoration_gpu_loop.py
 """
 import json
 import shutil

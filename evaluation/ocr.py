@@ -193,6 +193,25 @@ def cer(prediction: str, expected: str) -> float:
     return levenshtein(plate_key(prediction), ref) / len(ref)
 
 
+def match_reads(reads: Sequence[str], expected: Sequence[str]) -> list[str]:
+    """For each expected plate, the read that matches it: reads and plates paired one to one so that the total
+    edit distance is smallest (Hungarian assignment); an expected plate left without a read gets "" (read
+    nothing), and reads beyond the plates are dropped. For images read whole, where no box ties a read to a
+    plate."""
+    if not expected:
+        return []
+    if not reads:
+        return [""] * len(expected)
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.array([[levenshtein(plate_key(r), plate_key(e)) for r in reads] for e in expected], dtype=float)
+    rows, cols = linear_sum_assignment(cost)
+    matched = [""] * len(expected)
+    for row, col in zip(rows, cols):
+        matched[row] = reads[col]
+    return matched
+
+
 def _pairs(predictions: Sequence[str], expected: Sequence[str]) -> list[tuple[str, str]]:
     if len(predictions) != len(expected):
         raise ValueError(f"{len(predictions)} predictions for {len(expected)} expected plates")

@@ -56,7 +56,7 @@ def _params(params):
     return params
 
 
-def load_restorer(checkpoint: str | Path, size: int = 256, device: str = "auto", max_frames: int = 30,
+def load_restorer(checkpoint: str | Path, size: int | None = None, device: str = "auto", max_frames: int = 30,
                   fp16: bool = False, sha256: str | None = None):
     """`training.restorer.Restorer` from a checkpoint. A file of another architecture fails with a
     CheckpointError that lists the missing and unexpected keys against Lada's BasicVSR++."""
@@ -81,7 +81,9 @@ def load_restorer(checkpoint: str | Path, size: int = 256, device: str = "auto",
 def region_detector(path: Path, params, regions: str):
     """The per-frame detector for `regions` (detect | mosaic); a sidecar COCO file wins in both modes."""
     if regions == "detect":
-        return build_detector(path, params.detection)
+        from training.detector import trained_regions
+
+        return build_detector(path, params.detection, trained_regions)
     if regions != "mosaic":
         raise RestoreError(f"regions = {regions!r}: expected detect or mosaic")
     sidecar = path.with_name(path.name + params.detection.sidecar_suffix)
@@ -138,7 +140,7 @@ def restore_video(
     codec: str | None = None,
     regions: str | None = None,
     device: str | None = None,
-    size: int = 256,
+    size: int | None = None,
     max_frames: int = 30,
     progress: bool | None = None,
 ) -> dict:
@@ -174,7 +176,7 @@ def restore_video(
     )
     summary = {
         "input": str(input_path), "output": str(output_path), "frames": decoded, "fps": probe.fps,
-        "fps_fraction": probe.fps_fraction, "size": [width, height], "regions_mode": regions,
+        "fps_fraction": probe.fps_fraction, "size": [width, height], "regions_mode": regions, "model_input_size": restorer.size,
         "detections": n_detections, "regions_found": len({s.track_id for s in scenes}), "scenes": len(scenes),
         "scene_frames": int(sum(s.frames for s in scenes)), "max_clip_length": max_clip_length,
     }

@@ -59,7 +59,7 @@ def validate_clips(
     params=None,
     *,
     restorer=None,
-    size: int = 256,
+    size: int | None = None,
     device: str | None = None,
     max_frames: int = 30,
     progress: bool | None = None,

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 import yaml
+from typer.core import TyperCommand
 
 from orchestration.eval_cli import eval_app
 
@@ -43,7 +44,7 @@ def _known_errors():
     from assets.lada_meta import DatasetFormatError
     from assets.raw_clips import RawFolderError
     from assets.weights import WeightsError
-    from orchestration.lineage import StageInputError
+    from orchestration.stage_io import StageInputError
     from orchestration.tracking import RegistryUnreachableError
     from training.checkpoints import CheckpointError
     from training.data import DatasetTooShortError
@@ -52,7 +53,18 @@ def _known_errors():
             DatasetTooShortError, RegistryUnreachableError)
 
 
-@app.command("stage")
+class _StageCommand(TyperCommand):
+    """`aubergine stage --help` lists the stages; the table is imported only when help is asked for, since
+    importing every stage module costs a second that other commands need not pay."""
+
+    def format_help(self, ctx, formatter):
+        from orchestration.stages import topological
+
+        self.epilog = "Stages, in lineage order: " + ", ".join(st.name for st in topological()) + "."
+        return super().format_help(ctx, formatter)
+
+
+@app.command("stage", cls=_StageCommand)
 def stage_cmd(
     names: Annotated[list[str], typer.Argument(help="stage names, run in the order given")],
     params: ParamsOpt = Path("params.yaml"),
@@ -167,7 +179,9 @@ def validate_cmd(
     clips_dir: Annotated[Path, typer.Argument(help="folder of mosaic clips (any size)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <clip>.mp4 + validate.json")],
     checkpoint: Annotated[Path, typer.Option(help="restoration checkpoint (Lada/mmagic or ours)")],
-    size: Annotated[int, typer.Option(help="model input side (clips are scaled/padded to it and back)")] = 256,
+    size: Annotated[Optional[int], typer.Option(
+        min=64, help="model input side in px; must match the size the model was trained at "
+        "(default: the input_size recorded in the checkpoint — 128 for the embedded model — else 256, Lada's)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (default: restore.device)")] = None,
     max_frames: Annotated[int, typer.Option(help="frames per forward pass")] = 30,
     params: ParamsOpt = Path("params.yaml"),
@@ -198,7 +212,9 @@ def restore_cmd(
     codec: Annotated[Optional[str], typer.Option(help="libx264 | libx265 | h264_nvenc | hevc_nvenc (default: restore.codec)")] = None,
     regions: Annotated[Optional[str], typer.Option(help="detect (faces/plates, mosaicked as in training) | mosaic (already pixelated)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (default: restore.device)")] = None,
-    size: Annotated[int, typer.Option(help="model input side")] = 256,
+    size: Annotated[Optional[int], typer.Option(
+        min=64, help="model input side in px; must match the size the model was trained at "
+        "(default: the input_size recorded in the checkpoint — 128 for the embedded model — else 256, Lada's)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Restore a whole video: find regions, track them, restore each clip, blend back, encode, keep the audio."""
@@ -230,7 +246,8 @@ def export_cmd(
 
     try:
         model, info = load_generator(checkpoint, prefer_ema=ema)
-        export_lada(model, output, meta={"exported_from": str(checkpoint), "source_part": info["part"]})
+        carried = {k: info["meta"][k] for k in ("input_size",) if k in info["meta"]}
+        export_lada(model, output, meta={"exported_from": str(checkpoint), "source_part": info["part"], **carried})
     except (WeightsError, CheckpointError) as err:
         _fail(str(err))
     typer.echo(_json.dumps({"output": str(output), "mid_channels": info["mid_channels"], "num_blocks": info["num_blocks"],

@@ -11,6 +11,7 @@ Each is optional; the embedded default uses clip frames and synthetic plates onl
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from assets.atomic import atomic_dir, write_json
 from assets.coco_records import Conversion
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.lineage import RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, _hash_files, fingerprint
+from orchestration.stage_io import RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, hash_files, fingerprint
 
 UNIFIED_COCO = Path("data/datasets/coco")
 DETECTOR = Path("data/models/detector")
@@ -108,7 +109,7 @@ def run_unified_coco(params: Params) -> StageOutput:
         metadata={**counts, "problems_list": "\n".join(str(p) for p in assembled.problems[:30]) or "none"},
         images=images,
         files=[UNIFIED_COCO / "problems.json", COCO_METRICS],
-        input_hash=_hash_files(manifest_path, REGION_TRACKS / "index.json"),
+        input_hash=hash_files(manifest_path, REGION_TRACKS / "index.json"),
     )
 
 
@@ -157,12 +158,12 @@ def _coco_hash() -> str:
     for split in ("train", "val"):
         if not (UNIFIED_COCO / f"{split}.json").is_file():
             raise StageInputError(f"{UNIFIED_COCO / f'{split}.json'}: missing; materialize `unified_coco` first")
-    return _hash_files(UNIFIED_COCO / "train.json", UNIFIED_COCO / "val.json")
+    return hash_files(UNIFIED_COCO / "train.json", UNIFIED_COCO / "val.json")
 
 
 def run_detector(params: Params) -> StageOutput:
     from training.detector_loop import settings_from_params, train_detector
-    from training.loop import write_curves
+    from training.loop import run_rate, write_curves
 
     d = params.detector
     data_hash = _coco_hash()
@@ -183,9 +184,13 @@ def run_detector(params: Params) -> StageOutput:
 
     model, meta = load_detector(result.checkpoint)
     last = result.history[-1] if result.history else {}
+    window = {k: v for k, v in last.items() if isinstance(v, (int, float)) and k != "iteration"}
+    window["images_per_s_last_window"] = window.pop("images_per_s", math.nan)
+    done = result.iterations - result.resumed_from
+    # The run's averages; the last logging window's figure keeps its own name.
     summary = {"iterations": result.iterations, "resumed_from": result.resumed_from,
-               "train_seconds": round(result.seconds, 2),
-               **{k: v for k, v in last.items() if isinstance(v, (int, float)) and k != "iteration"}}
+               "train_seconds": round(result.seconds, 2), **window,
+               "iters_per_s": run_rate(done, result.seconds), "images_per_s": run_rate(done * d.batch_size, result.seconds)}
     images = {}
     with atomic_dir(DETECTOR) as tmp:
         save_detector(model, tmp / "detector.pth", meta={**meta, "fingerprint": run_key})
@@ -270,5 +275,5 @@ def run_detection_report(params: Params) -> StageOutput:
     return StageOutput(
         metadata={**flat, "registered_model": registration.get("model", "no"), "model_version": registration.get("version", 0),
                   "report": str(DETECTION_REPORT / "report.html")},
-        images=images, files=[DETECTION_METRICS], input_hash=_hash_files(source) + data_hash[:8],
+        images=images, files=[DETECTION_METRICS], input_hash=hash_files(source) + data_hash[:8],
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestration.code_deps import code_files
 from orchestration.stages import COMMON_CODE, COMMON_PARAMS, STAGES, Stage, topological
 
 DVC_YAML = Path("dvc.yaml")
@@ -13,9 +14,10 @@ HEADER = (
     "# Generated from the stage table in orchestration/stages.py by `aubergine dvc-yaml`. Do not edit:\n"
     "# change the table and regenerate; tests/test_stage_table.py fails when this file drifts.\n"
 )
-# `uv run --frozen` runs the locked project environment without re-resolving; DVC lives in its own
-# tool environment (its antlr4 pin conflicts with Dagster's), so it only ever shells out to this.
-COMMAND = "uv run --frozen aubergine stage {name} --orchestrator dvc"
+# `./aubergine` runs the locked environment that `make setup` made, whatever is on the PATH (a fresh shell
+# has no uv); DVC lives in its own tool environment (its antlr4 pin conflicts with Dagster's), so it only
+# ever shells out to this.
+COMMAND = "./aubergine stage {name} --orchestrator dvc"
 
 
 def stage_entry(st: Stage) -> dict:
@@ -24,7 +26,7 @@ def stage_entry(st: Stage) -> dict:
     deps = [*st.extra_deps]
     for upstream in st.upstream:
         deps.extend(by_name[upstream].outs)
-    deps.extend(sorted(set(COMMON_CODE) | set(st.code)))
+    deps.extend(sorted(set(COMMON_CODE) | set(code_files(st.run))))
     entry: dict = {
         "desc": st.description,
         "cmd": COMMAND.format(name=st.name),

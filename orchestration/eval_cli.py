@@ -98,8 +98,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+    if not folder.exists():
         _fail(f"{folder}: no such folder")
+    if not folder.is_dir():
+        _fail(f"{folder}: is a file, not a folder of images")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         _fail(f"{folder}: no png/jpg images")
@@ -196,8 +198,10 @@ def ocr_cmd(
 ) -> None:
     """Read plates with EasyOCR (offline English weights); with --expected, score exact and character accuracy."""
     from assets.weights import WeightsError
-    from evaluation.ocr import PlateReader, normalize_plate, original_text_rate, plate_accuracy
+    from evaluation.ocr import PlateReader, match_reads, normalize_plate, original_text_rate, plate_accuracy
 
+    if not path.exists():
+        _fail(f"{path}: no such image file or folder")
     files = [path] if path.is_file() else _image_files(path)
     try:
         boxes = [tuple(float(v) for v in b.split(",")) for b in (box or [])]
@@ -219,7 +223,9 @@ def ocr_cmd(
         _fail(str(err))
     metrics: dict = {"backend": reader.name, "reads": len(reads)}
     if expected:
-        texts = [r["text"] for r in reads]
+        # Without --box, reads and expected plates are paired by the best text match; a plate nothing was
+        # read for scores as the empty string (accuracy 0), which is a result, not an error.
+        texts = [r["text"] for r in reads] if boxes else match_reads([r["text"] for r in reads], expected)
         if original:
             metrics["original_text_rate"] = original_text_rate(texts, expected)
         else:

@@ -9,8 +9,6 @@ in the stage's `index.json` and the others go on.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from assets import contact_sheet
@@ -24,49 +22,10 @@ from assets.region_tracks import load_clip_tracks, track_clip
 from assets.restoration_dataset import assemble, summarize
 from assets.video import EncoderSettings
 from orchestration.config import Params
-
-RAW_CLIPS = Path("data/interim/raw_clips")
-REGION_TRACKS = Path("data/interim/region_tracks")
-EGGPLANT_GT = Path("data/interim/eggplant_gt")
-MOSAIC_LQ = Path("data/interim/mosaic_lq")
-RESTORATION_DATASET = Path("data/datasets/restoration")
-DATASET_REPORT = Path("data/reports/restoration_dataset")
-DATASET_METRICS = Path("data/metrics/restoration_dataset.json")
-
-
-class StageInputError(RuntimeError):
-    pass
-
-
-@dataclass
-class StageOutput:
-    metadata: dict = field(default_factory=dict)  # numbers and short texts for Dagster / MLflow
-    images: dict[str, Path] = field(default_factory=dict)  # label -> PNG shown in the UI and logged
-    files: list[Path] = field(default_factory=list)  # other artifacts worth logging
-    input_hash: str = ""
-    markdown: dict[str, str] = field(default_factory=dict)  # label -> Markdown (tables) shown in Dagster
-
-
-def _read_json(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise StageInputError(f"{path}: missing; materialize `{stage}` first")
-    return json.loads(path.read_text())
-
-
-def _hash_files(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def fingerprint(*parts) -> str:
-    """A short hash of JSON-able parts (recipe sections, seeds, input hashes): the identity of a training run."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
-
+from orchestration.stage_io import (
+    DATASET_METRICS, DATASET_REPORT, EGGPLANT_GT, MOSAIC_LQ, RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError,
+    StageOutput, hash_files, read_json,
+)
 
 def encoder(params: Params) -> EncoderSettings:
     d = params.dataset
@@ -109,11 +68,14 @@ def run_raw_clips(params: Params) -> StageOutput:
 
 
 def run_region_tracks(params: Params) -> StageOutput:
-    manifest = _read_json(RAW_CLIPS / "manifest.json", "raw_clips")
+    manifest = read_json(RAW_CLIPS / "manifest.json", "raw_clips")
     clips = ok_clips(manifest)
+    trained = None
+    if "detector" in (params.detection.faces, params.detection.plates):
+        from training.detector import trained_regions as trained
     with atomic_dir(REGION_TRACKS) as tmp:
         outcomes = map_clips(
-            track_clip, [(c["clip_id"], (c, tmp, params.detection, params.tracking)) for c in clips],
+            track_clip, [(c["clip_id"], (c, tmp, params.detection, params.tracking, trained)) for c in clips],
             params.data.workers, "region_tracks",
         )
         index = _index(outcomes)
@@ -130,12 +92,12 @@ def run_region_tracks(params: Params) -> StageOutput:
             **failures,
         },
         files=[REGION_TRACKS / "index.json"],
-        input_hash=_hash_files(RAW_CLIPS / "manifest.json"),
+        input_hash=hash_files(RAW_CLIPS / "manifest.json"),
     )
 
 
 def _clips_with_scenes() -> list[str]:
-    index = _read_json(REGION_TRACKS / "index.json", "region_tracks")
+    index = read_json(REGION_TRACKS / "index.json", "region_tracks")
     return [c["clip_id"] for c in index["clips"] if c["status"] == "ok" and c["scenes"] > 0]
 
 
@@ -154,7 +116,7 @@ def _render_stage(params: Params, out: Path, fn, section, label: str) -> StageOu
     return StageOutput(
         metadata={"clips": len(ok), "scenes": sum(c["scenes"] for c in ok), "frames": sum(c["frames"] for c in ok), **failures},
         files=[out / "index.json"],
-        input_hash=_hash_files(REGION_TRACKS / "index.json"),
+        input_hash=hash_files(REGION_TRACKS / "index.json"),
     )
 
 
@@ -167,7 +129,7 @@ def run_mosaic_lq(params: Params) -> StageOutput:
 
 
 def _ok_ids(path: Path, stage: str) -> set[str]:
-    return {c["clip_id"] for c in _read_json(path, stage)["clips"] if c["status"] == "ok"}
+    return {c["clip_id"] for c in read_json(path, stage)["clips"] if c["status"] == "ok"}
 
 
 def clip_contact_sheet(dataset: RestorationDataset, clip_id: str, frames: int = 6):
@@ -206,5 +168,5 @@ def run_restoration_dataset(params: Params) -> StageOutput:
         metadata={**summary, "skipped_clips": ", ".join(skipped) or "none"},
         images=images,
         files=[RESTORATION_DATASET / "index.json", DATASET_METRICS],
-        input_hash=_hash_files(REGION_TRACKS / "index.json", EGGPLANT_GT / "index.json", MOSAIC_LQ / "index.json"),
+        input_hash=hash_files(REGION_TRACKS / "index.json", EGGPLANT_GT / "index.json", MOSAIC_LQ / "index.json"),
     )

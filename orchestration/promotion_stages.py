@@ -7,7 +7,7 @@ from pathlib import Path
 from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.lineage import StageOutput, fingerprint
+from orchestration.stage_io import StageOutput, fingerprint
 from orchestration.promotion import Decision, decisions_markdown, gate_model
 
 PROMOTION_REPORT = Path("data/reports/promotion")

@@ -16,7 +16,7 @@ from pathlib import Path
 from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.lineage import RESTORATION_DATASET, StageInputError, StageOutput, _hash_files, fingerprint
+from orchestration.stage_io import RESTORATION_DATASET, StageInputError, StageOutput, hash_files, fingerprint
 
 STAGE1 = Path("data/models/restoration/stage1")
 STAGE2 = Path("data/models/restoration/stage2")
@@ -42,7 +42,7 @@ def _dataset_hash() -> str:
     index = RESTORATION_DATASET / "index.json"
     if not index.is_file():
         raise StageInputError(f"{index}: missing; materialize `restoration_dataset` first")
-    return _hash_files(index)
+    return hash_files(index)
 
 
 def _hooks(prefix: str):
@@ -122,7 +122,7 @@ def run_stage2(params: Params) -> StageOutput:
     source = STAGE1 / GENERATOR
     if not source.is_file():
         raise StageInputError(f"{source}: missing; materialize `stage1_checkpoint` first")
-    source_hash = _hash_files(source)
+    source_hash = hash_files(source)
     if not s2.enabled:
         # Stage 2 is optional polish: disabled, the Stage 1 generator is published as the final model.
         with atomic_dir(STAGE2) as tmp:
@@ -223,7 +223,7 @@ def run_restoration_report(params: Params) -> StageOutput:
                   "report": str(RESTORATION_REPORT / "report.html")},
         images=images,
         files=[RESTORATION_METRICS],
-        input_hash=_hash_files(source, RESTORATION_DATASET / "index.json"),
+        input_hash=hash_files(source, RESTORATION_DATASET / "index.json"),
     )
 
 

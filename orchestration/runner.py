@@ -11,7 +11,7 @@ from pathlib import Path
 
 from orchestration import tracking
 from orchestration.config import Params, load_params, section
-from orchestration.lineage import StageOutput
+from orchestration.stage_io import StageOutput
 from orchestration.stages import stage as lookup
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestration import detection_stages, lineage, promotion_stages, restoration_stages
+from orchestration import detection_stages, lineage, promotion_stages, restoration_stages, stage_io
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,6 @@ class Stage:
     upstream: tuple[str, ...]
     params: tuple[str, ...]  # params.yaml sections this stage reads
     outs: tuple[str, ...]  # paths it writes (whole folders, swapped in atomically)
-    code: tuple[str, ...]  # code it runs (DVC deps)
     extra_deps: tuple[str, ...] = ()  # inputs that are not stage outputs (raw data, provisioned weights)
     kinds: tuple[str, ...] = ("python",)
     metrics: tuple[str, ...] = ()  # JSON files among outs that DVC shows as metrics
@@ -35,12 +34,9 @@ class Stage:
 
 # Every stage depends on the switch that picks the recipe, and on the seed.
 COMMON_PARAMS = ("profile", "profiles", "seed")
-COMMON_CODE = ("orchestration/config.py", "orchestration/lineage.py", "assets/atomic.py", "assets/batch.py", "assets/video.py")
-
-TRAINING_CODE = (
-    "orchestration/restoration_stages.py", "training/basicvsrpp.py", "training/checkpoints.py", "training/data.py",
-    "training/geometry.py", "training/loop.py", "training/restorer.py", "assets/lada_meta.py",
-)
+# Files every stage runs besides its body's own imports (derived in orchestration/code_deps.py): the schema
+# that fills in defaults, and the runner, which sets what makes outputs reproducible (OpenCV's thread count).
+COMMON_CODE = ("orchestration/config.py", "orchestration/runner.py")
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -51,8 +47,7 @@ STAGES: tuple[Stage, ...] = (
         run=lineage.run_raw_clips,
         upstream=(),
         params=("data",),
-        outs=(str(lineage.RAW_CLIPS),),
-        code=("assets/raw_clips.py", "assets/weights.py"),
+        outs=(str(stage_io.RAW_CLIPS),),
         extra_deps=("${data.raw_dir}",),
         kinds=("python", "pyav", "json"),
     ),
@@ -64,8 +59,7 @@ STAGES: tuple[Stage, ...] = (
         run=lineage.run_region_tracks,
         upstream=("raw_clips",),
         params=("detection", "tracking", "dataset"),
-        outs=(str(lineage.REGION_TRACKS),),
-        code=("assets/detect.py", "assets/tracks.py", "assets/region_tracks.py", "assets/lada_meta.py", "assets/weights.py"),
+        outs=(str(stage_io.REGION_TRACKS),),
         extra_deps=("${detection.yunet_model}",),
         kinds=("python", "opencv", "onnx"),
     ),
@@ -78,8 +72,7 @@ STAGES: tuple[Stage, ...] = (
         run=lineage.run_eggplant_gt,
         upstream=("region_tracks",),
         params=("eggplant", "tracking", "dataset"),
-        outs=(str(lineage.EGGPLANT_GT),),
-        code=("assets/eggplant.py", "assets/eggplant_gt.py", "assets/scene_render.py", "assets/region_tracks.py", "assets/tracks.py"),
+        outs=(str(stage_io.EGGPLANT_GT),),
         extra_deps=("${eggplant.emoji_png}",),
         kinds=("python", "opencv", "video"),
     ),
@@ -91,8 +84,7 @@ STAGES: tuple[Stage, ...] = (
         run=lineage.run_mosaic_lq,
         upstream=("region_tracks",),
         params=("mosaic", "tracking", "dataset"),
-        outs=(str(lineage.MOSAIC_LQ),),
-        code=("assets/mosaic.py", "assets/mosaic_lq.py", "assets/scene_render.py", "assets/region_tracks.py", "assets/tracks.py"),
+        outs=(str(stage_io.MOSAIC_LQ),),
         kinds=("python", "opencv", "video"),
     ),
     Stage(
@@ -103,10 +95,9 @@ STAGES: tuple[Stage, ...] = (
         run=lineage.run_restoration_dataset,
         upstream=("region_tracks", "eggplant_gt", "mosaic_lq"),
         params=("dataset",),
-        outs=(str(lineage.RESTORATION_DATASET), str(lineage.DATASET_REPORT)),
-        code=("assets/restoration_dataset.py", "assets/lada_meta.py", "assets/contact_sheet.py"),
+        outs=(str(stage_io.RESTORATION_DATASET), str(stage_io.DATASET_REPORT)),
         kinds=("python", "video", "lada"),
-        metrics=(str(lineage.DATASET_METRICS),),
+        metrics=(str(stage_io.DATASET_METRICS),),
     ),
     Stage(
         name="stage1_checkpoint",
@@ -118,7 +109,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("restoration_dataset",),
         params=("restoration.stage1",),
         outs=(str(restoration_stages.STAGE1),),
-        code=TRAINING_CODE,
         extra_deps=(),
         kinds=("pytorch", "mlflow"),
         metrics=(str(restoration_stages.STAGE1_METRICS),),
@@ -134,7 +124,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("stage1_checkpoint",),
         params=("restoration.stage1", "restoration.stage2"),
         outs=(str(restoration_stages.STAGE2),),
-        code=(*TRAINING_CODE, "training/discriminator.py", "training/perceptual.py", "training/gan_loss.py"),
         kinds=("pytorch", "mlflow"),
         metrics=(str(restoration_stages.STAGE2_METRICS),),
         plots=((str(restoration_stages.STAGE2 / "history.json"), "iteration", ("loss_pix", "loss_perceptual", "loss_gan")),),
@@ -150,12 +139,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("stage2_checkpoint", "restoration_dataset", "raw_clips"),
         params=("restoration.stage1", "restoration.report", "restore", "detection", "tracking", "mosaic"),
         outs=(str(restoration_stages.RESTORATION_REPORT),),
-        code=(
-            "training/basicvsrpp.py", "training/checkpoints.py", "training/geometry.py", "training/restorer.py",
-            "evaluation/restoration_eval.py", "evaluation/restoration_metrics.py", "evaluation/report.py",
-            "inference/restore_video.py", "inference/blend.py", "inference/media.py", "inference/mosaic_detect.py",
-            "orchestration/tracking.py",
-        ),
         kinds=("pytorch", "mlflow", "html"),
         metrics=(str(restoration_stages.RESTORATION_METRICS),),
     ),
@@ -169,8 +152,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("raw_clips", "region_tracks"),
         params=("coco",),
         outs=(str(detection_stages.UNIFIED_COCO),),
-        code=("assets/coco_records.py", "assets/coco_sources.py", "assets/synthetic_plates.py", "assets/unified_coco.py",
-              "assets/contact_sheet.py", "orchestration/detection_stages.py"),
         extra_deps=("${coco.external_dir}",),
         kinds=("python", "coco", "pillow"),
         metrics=(str(detection_stages.COCO_METRICS),),
@@ -184,8 +165,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("unified_coco",),
         params=("detector",),
         outs=(str(detection_stages.DETECTOR),),
-        code=("training/detector.py", "training/detector_data.py", "training/detector_loop.py", "training/loop.py",
-              "orchestration/detection_stages.py"),
         kinds=("pytorch", "mlflow"),
         metrics=(str(detection_stages.DETECTOR_METRICS),),
         plots=((str(detection_stages.DETECTOR / "history.json"), "iteration",
@@ -201,8 +180,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("detector_checkpoint", "unified_coco"),
         params=("detector",),
         outs=(str(detection_stages.DETECTION_REPORT),),
-        code=("training/detector.py", "training/detector_data.py", "evaluation/detection_map.py", "evaluation/report.py",
-              "orchestration/detection_stages.py", "orchestration/tracking.py"),
         kinds=("pytorch", "mlflow", "html"),
         metrics=(str(detection_stages.DETECTION_METRICS),),
     ),
@@ -216,8 +193,6 @@ STAGES: tuple[Stage, ...] = (
         upstream=("restoration_report", "detection_report"),
         params=("promotion",),
         outs=(str(promotion_stages.PROMOTION_REPORT),),
-        code=("orchestration/promotion.py", "orchestration/promotion_stages.py", "orchestration/model_metrics.py",
-              "orchestration/tracking.py"),
         kinds=("mlflow",),
     ),
 )

@@ -36,10 +36,11 @@ def engine_project(base: Path, project_root: Path) -> Path:
     shutil.copy(project_root / "params.yaml", base / "params.yaml")
     for code in CODE:
         (base / code).symlink_to(ROOT / code)
-    # Only the launcher differs from the committed dvc.yaml: the tests run the checkout's interpreter
-    # instead of `uv run`, so they do not touch the project environment. The stage code is the same.
-    text = (ROOT / "dvc.yaml").read_text().replace("uv run --frozen aubergine", f"{sys.executable} -m orchestration.cli")
-    (base / "dvc.yaml").write_text(text)
+    # The committed dvc.yaml and launcher as they are: `./aubergine` finds this checkout's environment
+    # through the link below and runs the linked code.
+    shutil.copy(ROOT / "dvc.yaml", base / "dvc.yaml")
+    shutil.copy2(ROOT / "aubergine", base / "aubergine")
+    (base / ".venv").symlink_to(Path(sys.prefix))
     return base
 
 
@@ -63,7 +64,7 @@ def git_dvc_project(base: Path, project_root: Path) -> Path:
     git(root, "config", "user.email", "tests@aubergine.invalid")
     git(root, "config", "user.name", "aubergine tests")
     # The MLflow store is per checkout, never versioned; DVC adds its own outs to .gitignore files.
-    (root / ".gitignore").write_text("/mlruns.db\n/mlartifacts/\n/dvc_plots/\n")
+    (root / ".gitignore").write_text("/mlruns.db\n/mlartifacts/\n/dvc_plots/\n/.venv\n")
     dvc(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "baseline")

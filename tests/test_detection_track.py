@@ -60,6 +60,9 @@ def test_report_has_map_per_category_and_the_model_is_registered(track):
     assert int(version.version) == 1
     model = mlflow.pytorch.load_model("models:/face-plate-detector@challenger")
     assert hasattr(model, "forward")
+    train = json.loads(Path("data/models/detector/train.json").read_text())
+    assert train["iters_per_s"] == pytest.approx((train["iterations"] - train["resumed_from"]) / train["train_seconds"], rel=0.02)
+    assert train["images_per_s_last_window"] > 0
     run = MlflowClient().get_run(track[1]["detector_checkpoint"].mlflow_run_id)
     assert run.data.tags["aubergine.stage"] == "detector_checkpoint"
 

@@ -51,6 +51,12 @@ def test_stage_outputs_and_metrics_files(track):
     train1 = json.loads(Path("data/models/restoration/stage1/train.json").read_text())
     assert train1["iterations"] == 3 and train1["frozen_params"] > train1["trainable_params"]
     assert "random init" in train1["labels"]["init"]
+    # Speed: the run's average (iterations over seconds), with the last logging window under its own name.
+    assert train1["iters_per_s"] == pytest.approx((train1["iterations"] - train1["resumed_from"]) / train1["train_seconds"], rel=0.02)
+    assert train1["iters_per_s_last_window"] > 0
+    # The published generator records the size it was trained at; `aubergine restore` defaults to it.
+    meta = torch.load("data/models/restoration/stage2/generator.pth", weights_only=True)["meta"]
+    assert meta["input_size"] == 128
     assert Path("data/models/restoration/stage1/curves.png").is_file()
     sd = torch.load("data/models/restoration/stage2/generator.pth", weights_only=True)["state_dict"]
     assert any(k.startswith("generator_ema.") for k in sd) and any(k.startswith("generator.") for k in sd)

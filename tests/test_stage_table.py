@@ -24,7 +24,7 @@ LINEAGE = [
 
 
 def test_committed_dvc_yaml_matches_the_stage_table():
-    assert (ROOT / "dvc.yaml").read_text() == dvc.render(), "dvc.yaml drifted: run `uv run aubergine dvc-yaml`"
+    assert (ROOT / "dvc.yaml").read_text() == dvc.render(), "dvc.yaml drifted: run `./aubergine dvc-yaml`"
 
 
 def test_dvc_yaml_names_real_params_and_files():

@@ -1,7 +1,7 @@
 """The README's screenshots of both UIs, taken from this checkout's real state: `dagster-webserver` over dagster_home/
 and `mlflow server` over mlruns.db + mlartifacts/, both on 127.0.0.1, photographed with headless Debian Chromium.
 
-    make screenshots            # or: uv run python tools/screenshots.py [--out docs/screenshots]
+    make screenshots            # or: .venv/bin/python tools/screenshots.py [--out docs/screenshots]
 
 Run it after `make demo`, so there are materializations and runs to show."""
 

@@ -109,9 +109,11 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str,
 
 def load_generator(
     path: str | Path, sha256: str | None = None, prefer_ema: bool = True, model: BasicVSRPlusPlusNet | None = None,
+    how_to_get: str = HOW_TO_GET,
 ) -> tuple[BasicVSRPlusPlusNet, dict]:
-    """A BasicVSR++ built to the file's own size (or the given model) with its weights loaded strictly."""
-    data = read_checkpoint(path, sha256)
+    """A BasicVSR++ built to the file's own size (or the given model) with its weights loaded strictly.
+    `how_to_get` finishes the message when the file is missing: it differs for training and inference."""
+    data = read_checkpoint(path, sha256, how_to_get)
     gen, part = generator_state(state_dict_of(data), prefer_ema)
     config = infer_config(gen, str(path))
     if model is None:
@@ -119,6 +121,15 @@ def load_generator(
     load_strict(model, gen, f"{path} ({part} weights)")
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     return model, {**config, "part": part, "meta": meta}
+
+
+LADA_INPUT_SIZE = 256  # Lada's files record no size; its network is trained and run at 256 px
+
+
+def input_size_of(meta: dict) -> int:
+    """The square input side a generator was trained at, from its file's meta (ours record `input_size`)."""
+    size = meta.get("input_size") if isinstance(meta, dict) else None
+    return int(size) if isinstance(size, (int, float)) and size > 0 else LADA_INPUT_SIZE
 
 
 def load_spynet(model: BasicVSRPlusPlusNet, path: str | Path, sha256: str | None = None) -> None:
@@ -162,8 +173,10 @@ def convert_stage1_to_stage2(src: str | Path, dest: str | Path) -> dict:
     config = infer_config(gen, str(src))
     sd = {f"generator.{k}": v for k, v in gen.items()}
     sd.update({f"generator_ema.{k}": v.clone() for k, v in gen.items()})
+    source_meta = data.get("meta") or {}
     meta = {"arch": "BasicVSRPlusPlusNet", **config, "converted_from": str(src), "source_part": part,
-            "source_iteration": (data.get("meta") or {}).get("iteration")}
+            "source_iteration": source_meta.get("iteration"),
+            **({"input_size": source_meta["input_size"]} if "input_size" in source_meta else {})}
     save_atomic({"meta": meta, "state_dict": sd}, dest)
     return meta
 

@@ -356,6 +356,21 @@ class DetectorRegions:
         return out
 
 
+_LOADED: dict = {}
+
+
+def trained_regions(path: str | Path, score_threshold: float, kinds: tuple[str, ...]) -> DetectorRegions:
+    """The detector trained by `detector_checkpoint` as a region detector, loaded once per process and file
+    (`assets.detect.build_detector` takes this as its `trained` loader)."""
+    from assets.weights import verify_weights
+
+    key = (str(path), score_threshold, kinds)
+    if key not in _LOADED:
+        verify_weights(path, None, "copy data/models/detector/detector.pth there after materializing detector_checkpoint")
+        _LOADED[key] = DetectorRegions.from_checkpoint(path, score_threshold, device="cpu", kinds=kinds)
+    return _LOADED[key]
+
+
 def evaluate_coco(model: nn.Module, coco_json: str | Path, image_root: str | Path, score_threshold: float = 0.0,
                   batch_size: int = 4, progress: bool = False) -> list[dict]:
     """Detections on every image of a COCO file, in COCO results format (`image_id, category_id, bbox xywh,

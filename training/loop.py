@@ -198,7 +198,8 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
             labels["resumed"] = f"from {latest} at iteration {start}"
 
     def save(iteration: int, dest: Path) -> Path:
-        meta = {**generator.config, "stage": s.stage, "iteration": iteration, "fingerprint": s.fingerprint,
+        # input_size: the square side the model was trained at; `aubergine restore` defaults --size to it.
+        meta = {**generator.config, "input_size": s.lq_size, "stage": s.stage, "iteration": iteration, "fingerprint": s.fingerprint,
                 "labels": json.dumps(labels)}
         payload = {
             "meta": meta,
@@ -323,13 +324,20 @@ def write_curves(history: list[dict], dest: Path, title: str) -> Path:
     return dest
 
 
+def run_rate(done: float, seconds: float) -> float:
+    """A whole run's average rate: what this process did over the seconds it spent, sampling, logging and
+    checkpoints included (a logging window's rate leaves those out and swings with the last few steps)."""
+    return done / seconds if done > 0 and seconds > 0 else math.nan
+
+
 def summary(result: TrainResult) -> dict:
     last = result.history[-1] if result.history else {}
     return {
         "iterations": result.iterations,
         "resumed_from": result.resumed_from,
         "final_loss_pix": last.get("loss_pix", math.nan),
-        "iters_per_s": last.get("iters_per_s", math.nan),
+        "iters_per_s": run_rate(result.iterations - result.resumed_from, result.seconds),
+        "iters_per_s_last_window": last.get("iters_per_s", math.nan),
         "peak_memory_mb": last.get("peak_memory_mb", math.nan),
         "trainable_params": result.trainable_params,
         "frozen_params": result.frozen_params,

@@ -3,6 +3,7 @@ restoration, reports and training sample grids."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import torch
 
 from training.basicvsrpp import BasicVSRPlusPlusNet
 from training.geometry import fit_frames, to_frames, to_tensor, unfit_frames
+
+
+INFERENCE_HOW_TO_GET = (
+    "pass --checkpoint a trained generator: data/models/restoration/stage2/generator.pth (or stage1/) after "
+    "`make demo`, or Lada's lada_mosaic_restoration_model_generic_v1.2.pth"
+)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -33,13 +40,18 @@ class Restorer:
         self.model = self.model.to(self.device).eval()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, size: int = 256, device: str = "auto", sha256: str | None = None,
+    def from_checkpoint(cls, path: str | Path, size: int | None = None, device: str = "auto", sha256: str | None = None,
                         max_frames: int = 30, fp16: bool = False) -> "Restorer":
-        from training.checkpoints import load_generator
+        """`size` None: the input side recorded in the file (`input_size`), else Lada's 256."""
+        from training.checkpoints import input_size_of, load_generator
 
-        model, _ = load_generator(path, sha256)
+        model, info = load_generator(path, sha256, how_to_get=INFERENCE_HOW_TO_GET)
+        trained = info["meta"].get("input_size")
+        if size and trained and int(trained) != size:
+            warnings.warn(f"{path}: trained at {trained} px, run at {size} px; results degrade off the trained size",
+                          stacklevel=2)
         dev = pick_device(device)
-        return cls(model, size, dev, max_frames, fp16 and dev.type == "cuda")
+        return cls(model, size or input_size_of(info["meta"]), dev, max_frames, fp16 and dev.type == "cuda")
 
     @torch.inference_mode()
     def restore_square(self, squares: np.ndarray) -> np.ndarray:

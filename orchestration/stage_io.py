@@ -1,0 +1,53 @@
+"""What every stage body shares: the lineage's data paths, the StageOutput it returns, and the small helpers
+for reading an upstream output and hashing inputs. Kept apart from the bodies so that a stage module
+importing it does not, for DVC, depend on every other stage's code (see `orchestration/code_deps.py`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAW_CLIPS = Path("data/interim/raw_clips")
+REGION_TRACKS = Path("data/interim/region_tracks")
+EGGPLANT_GT = Path("data/interim/eggplant_gt")
+MOSAIC_LQ = Path("data/interim/mosaic_lq")
+RESTORATION_DATASET = Path("data/datasets/restoration")
+DATASET_REPORT = Path("data/reports/restoration_dataset")
+DATASET_METRICS = Path("data/metrics/restoration_dataset.json")
+
+
+class StageInputError(RuntimeError):
+    pass
+
+
+@dataclass
+class StageOutput:
+    metadata: dict = field(default_factory=dict)  # numbers and short texts for Dagster / MLflow
+    images: dict[str, Path] = field(default_factory=dict)  # label -> PNG shown in the UI and logged
+    files: list[Path] = field(default_factory=list)  # other artifacts worth logging
+    input_hash: str = ""
+    markdown: dict[str, str] = field(default_factory=dict)  # label -> Markdown (tables) shown in Dagster
+
+
+def read_json(path: Path, stage: str) -> dict:
+    """An upstream stage's JSON output, or a StageInputError saying which stage to materialize."""
+    if not path.is_file():
+        raise StageInputError(f"{path}: missing; materialize `{stage}` first")
+    return json.loads(path.read_text())
+
+
+def hash_files(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts (recipe sections, seeds, input hashes): the identity of a training run."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
