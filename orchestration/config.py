@@ -317,6 +317,98 @@ class DetectorParams(_Strict):
     amp: bool = True
 
 
+LAYER_PATH = r"^unet(\.[A-Za-z_][A-Za-z0-9_]*(\[-?[0-9]+\])*)+$"  # unet.up_blocks[-1], unet.down_blocks[0].attentions[0]
+
+
+class InpaintGeneratorParams(_Strict):
+    """The inpainting pipeline the LoRA adapts: a local folder in diffusers' layout (never a hub download)."""
+
+    variant: Literal["sd2", "sdxl"] = "sd2"  # sdxl: StableDiffusionXLInpaintPipeline, the recipe's optional migration
+    model_id: str = "stabilityai/stable-diffusion-2-inpainting"  # what model_dir must hold (download it elsewhere)
+    model_dir: str = "weights/stable-diffusion-2-inpainting"
+    model_sha256: dict[str, str] = {}  # file relative to model_dir -> sha256, checked before loading
+    prompt_face: str = "a photo of a person's face"
+    prompt_plate: str = "a car license plate"
+
+
+class AnonymizerDiscriminatorParams(_Strict):
+    enabled: bool = True
+    channels: PositiveInt = 64  # capacity of the spectral-norm patch discriminator
+    layers: PositiveInt = 3
+
+
+class AlternatingParams(_Strict):
+    """Every how many joint steps each model is updated (1 = every step)."""
+
+    detector: PositiveInt = 4
+    generator: PositiveInt = 1
+    discriminator: PositiveInt = 1
+
+
+class AnonymizerLrParams(_Strict):
+    generator: Annotated[float, Field(gt=0)] = 1.0e-4
+    discriminator: Annotated[float, Field(gt=0)] = 1.0e-4
+    detector: Annotated[float, Field(gt=0)] = 1.0e-5
+    pretrain: Annotated[float, Field(gt=0)] = 1.0e-4  # warm-up (self-reconstruction) of the base UNet
+
+
+class AnonymizerCheckpointParams(_Strict):
+    save_every_steps: PositiveInt = 500
+
+
+class AnonymizationParams(_Strict):
+    """`lora_checkpoint`: SD2 inpainting + LoRA, trained jointly with a discriminator and the face/plate detector
+    (the "Plan B" recipe; knob names as the recipe spells them)."""
+
+    generator: InpaintGeneratorParams = InpaintGeneratorParams()
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"  # autocast + grad scaler on CUDA; CPU always runs fp32
+    enable_xformers: bool = True  # memory-efficient attention when xFormers is installed; PyTorch SDPA otherwise
+    gradient_checkpointing: bool = False
+    use_lora: bool = True
+    learnable_layers: tuple[Annotated[str, Field(pattern=LAYER_PATH)], ...] = ("unet.mid_block", "unet.up_blocks[-1]")
+    lora_rank: PositiveInt = 8
+    lora_alpha: Annotated[float, Field(gt=0)] = 8.0
+    separate_adapters: bool = False  # one LoRA for faces, one for plates, picked per region class
+    resolution: PositiveInt = 512  # side of the square region crops the generator trains on
+    context_pad: Annotated[float, Field(ge=0.0)] = 0.5  # context around the box, as a fraction of its size
+    batch_size: PositiveInt = 4
+    discriminator: AnonymizerDiscriminatorParams = AnonymizerDiscriminatorParams()
+    diffusion_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    l1_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    perceptual_weight: Annotated[float, Field(ge=0.0)] = 0.1
+    # The recipe raises it 0.1 -> 0.25 when identity similarity stays high; too high distorts faces.
+    id_suppress_weight: Annotated[float, Field(ge=0.0)] = 0.1
+    id_margin: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0  # cosine similarity tolerated before the loss acts
+    adv_weight: Annotated[float, Field(ge=0.0)] = 0.01  # too high: mode collapse and artefacts
+    alternating: AlternatingParams = AlternatingParams()
+    lr: AnonymizerLrParams = AnonymizerLrParams()
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    pretrain_steps: Annotated[int, Field(ge=0)] = 0  # warm-up by self-reconstruction before the joint phase
+    plate_steps: PositiveInt = 20  # denoising steps from the rendered text anchor: more = crisper characters
+    plate_text_anchor_strength: Fraction = 0.6  # lower keeps more of the rendered fake text
+    plate_text_font_ratio_min: Annotated[float, Field(gt=0, le=1)] = 0.55  # font height / plate height
+    plate_text_font_ratio_max: Annotated[float, Field(gt=0, le=1)] = 0.75
+    max_steps: PositiveInt = 10000
+    checkpoint: AnonymizerCheckpointParams = AnonymizerCheckpointParams()
+    val_every_steps: PositiveInt = 500
+    num_val_samples: PositiveInt = 16
+    log_every_steps: PositiveInt = 10
+    vgg19_weights: str | None = "weights/vgg19-dcbb9e9d.pth"  # perceptual loss; null = random init (labelled)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.plate_text_font_ratio_min > self.plate_text_font_ratio_max:
+            raise ValueError(f"plate_text_font_ratio_min ({self.plate_text_font_ratio_min}) must not exceed "
+                             f"plate_text_font_ratio_max ({self.plate_text_font_ratio_max})")
+        if not self.use_lora:
+            raise ValueError("use_lora: false (fine-tuning the whole UNet) is not supported: the recipe adapts SD2 "
+                             "with LoRA (bench/anonymizer.py measures the cost of a full-UNet step)")
+        if not self.learnable_layers:
+            raise ValueError("learnable_layers is empty: name at least one UNet block, e.g. unet.mid_block")
+        return self
+
+
 class TrackingServerParams(_Strict):
     """MLflow. `uri: null` = SQLite store and artifact folder inside the project."""
 
@@ -432,6 +524,7 @@ class Params(_Strict):
     restore: RestoreParams = RestoreParams()
     coco: CocoParams = CocoParams()
     detector: DetectorParams = DetectorParams()
+    anonymization: AnonymizationParams = AnonymizationParams()
     mlflow: TrackingServerParams = TrackingServerParams()
     promotion: PromotionParams = PromotionParams()
     retraining: RetrainingParams = RetrainingParams()

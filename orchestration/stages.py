@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestration import detection_stages, lineage, promotion_stages, restoration_stages, stage_io
+from orchestration import anonymization_stages, detection_stages, lineage, promotion_stages, restoration_stages, stage_io
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,23 @@ STAGES: tuple[Stage, ...] = (
         outs=(str(detection_stages.DETECTION_REPORT),),
         kinds=("pytorch", "mlflow", "html"),
         metrics=(str(detection_stages.DETECTION_METRICS),),
+    ),
+    Stage(
+        name="lora_checkpoint",
+        group="anonymization",
+        description="The anonymizer: SD2 inpainting adapted with LoRA (peft, diffusers' format) on faces and plates of "
+        "unified_coco, trained jointly with a spectral-norm patch discriminator and the detection track's detector; "
+        "identity suppression through a differentiable dlib ResNet, plate-text anchoring; resumes from its last "
+        "checkpoint; metrics.csv and val_samples/stepXXXX to MLflow.",
+        run=anonymization_stages.run_lora_checkpoint,
+        upstream=("unified_coco", "detector_checkpoint"),
+        params=("anonymization",),
+        outs=(str(anonymization_stages.LORA),),
+        kinds=("pytorch", "diffusers", "mlflow"),
+        metrics=(str(anonymization_stages.LORA_METRICS),),
+        plots=((str(anonymization_stages.LORA / anonymization_stages.METRICS_CSV), "step",
+                ("l1", "perceptual", "arcface_mean_sim")),),
+        pool="gpu",
     ),
     Stage(
         name="promoted_models",

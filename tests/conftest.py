@@ -101,3 +101,15 @@ def _no_inherited_tracking_uri(monkeypatch):
     from orchestration import tracking
 
     monkeypatch.setattr(tracking, "_uri_we_set", None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from more threads on the 2 shared cores, and a fixed thread count is part of
+    what makes two CPU training runs bit-identical."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

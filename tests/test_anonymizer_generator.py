@@ -1,7 +1,7 @@
 """The anonymizer's generator on the tiny random base: tokenizer, folder checks, LoRA, stock-pipeline loading.
 
 Needs CLIP's BPE vocabulary: the pinned open_clip_torch wheel in .cache/wheels (set-up downloads it) or
-$AUBERGINE_CLIP_BPE pointing at that wheel or at bpe_simple_vocab_16e6.txt.gz; skipped otherwise.
+$AUBERGINE_CLIP_BPE pointing at that wheel or at bpe_simple_vocab_16e6.txt.gz; fails otherwise (make setup provisions it).
 """
 
 from __future__ import annotations
@@ -55,23 +55,14 @@ from training.anonymizer.tiny_base import (
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_LAYERS = ["unet.mid_block", "unet.up_blocks[-1]"]
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The suite shares 2 cores with other work; the tiny model gains nothing from more threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
 def bpe_source() -> Path:
     source = find_clip_bpe_source(ROOT)
     if source is None or not source.is_file():
-        pytest.skip(f"CLIP BPE vocabulary not provisioned: {SETUP_HINT}")
+        pytest.fail(f"CLIP BPE vocabulary not provisioned: {SETUP_HINT}")
     return source
 
 

@@ -1,5 +1,6 @@
 """The detection track end to end on sample clips: unified_coco → detector_checkpoint → detection_report through
-the runner Dagster and DVC use, with MLflow on; plus the trained detector as the lineage's region detector."""
+the runner Dagster and DVC use, with MLflow on; plus the trained detector as the lineage's region detector, and
+the anonymizer (lora_checkpoint) trained on the same COCO set with that detector in its loop."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ TINY = {f"profiles__embedded__{k}": v for k, v in dict(
     coco__frames_every_n=20, coco__max_frames_per_clip=6,
     coco__synthetic_plates={"count": 16, "image_side": 192},
     detector={"min_size": 128, "max_size": 192, "batch_size": 2, "max_iters": 4, "log_interval": 2, "checkpoint_interval": 2},
+    anonymization={"generator": {"model_dir": str(Path(__file__).resolve().parents[1] / "data/models/tiny-sd2-inpainting")},
+                   "precision": "fp32", "resolution": 64, "batch_size": 2, "lora_rank": 4, "lora_alpha": 4.0,
+                   "discriminator": {"channels": 8}, "pretrain_steps": 2, "max_steps": 4,
+                   "checkpoint": {"save_every_steps": 2}, "val_every_steps": 2, "num_val_samples": 4,
+                   "log_every_steps": 1, "plate_steps": 2, "vgg19_weights": None},
 ).items()} | {"mlflow__enabled": True}
 
 
@@ -31,7 +37,8 @@ def track(tmp_path_factory):
         mp.chdir(project.root)
         for name in ("raw_clips", "region_tracks"):
             run_stage(name, project.params())
-        reports = {n: run_stage(n, project.params()) for n in ("unified_coco", "detector_checkpoint", "detection_report")}
+        reports = {n: run_stage(n, project.params())
+                   for n in ("unified_coco", "detector_checkpoint", "detection_report", "lora_checkpoint")}
         yield project, reports
 
 
@@ -75,3 +82,46 @@ def test_trained_detector_drives_region_tracks(track):
                          detection__every_n_frames=10)  # the detector costs ~0.2 s/frame on CPU
     report = run_stage("region_tracks", project.params())
     assert report.output.metadata["clips"] == 3  # every clip went through the trained detector without error
+
+
+def test_anonymizer_writes_metrics_samples_and_a_lora_a_stock_pipeline_loads(track):
+    import csv
+
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    out = Path("data/models/anonymizer")
+    with (out / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][:7] == ["step", "l1", "perceptual", "arcface_mean_sim", "easyocr_plate_acc", "fid", "val_map"]
+    assert [r[0] for r in rows[1:]] == ["2", "4"]  # one row per validation
+    assert sorted(p.name for p in (out / "val_samples").iterdir()) == ["step0002", "step0004"]
+    assert list((out / "val_samples/step0004").glob("*.png"))
+    train = json.loads((out / "train.json").read_text())
+    assert train["tiny_stand_in"] is True and "stand-in" in train["base"]
+
+    client = MlflowClient()
+    run = client.get_run(track[1]["lora_checkpoint"].mlflow_run_id)
+    assert run.data.tags["anonymizer.tiny_stand_in"] == "true"
+    assert len(client.get_metric_history(run.info.run_id, "lora/l1")) >= 2
+    assert client.list_artifacts(run.info.run_id, "val_samples/step0004")
+
+    base = TINY["profiles__embedded__anonymization"]["generator"]["model_dir"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((32, 32), 255, np.uint8), 16))
+
+    def paint(with_lora: bool) -> np.ndarray:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(base)
+        pipe.set_progress_bar_config(disable=True)
+        if with_lora:
+            pipe.load_lora_weights(str(out / "lora"))
+        result = pipe("a photo of a person's face", image=image, mask_image=mask, height=64, width=64,
+                      num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+        return result.images[0]
+
+    plain, adapted, again = paint(False), paint(True), paint(True)
+    assert np.array_equal(adapted, again)
+    assert not np.array_equal(plain, adapted)

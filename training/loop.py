@@ -299,8 +299,8 @@ def _sample_grid(model: BasicVSRPlusPlusNet, batch, device: torch.device, dest: 
     return contact_sheet.save_png(sheet, dest)
 
 
-def write_curves(history: list[dict], dest: Path, title: str) -> Path:
-    """Loss curves as a PNG, for MLflow, Dagster and the report."""
+def write_curves(history: list[dict], dest: Path, title: str, x: str = "iteration") -> Path:
+    """Loss curves as a PNG, for MLflow, Dagster and the report; `x` names the step field of the history."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,8 +311,8 @@ def write_curves(history: list[dict], dest: Path, title: str) -> Path:
     keys = [k for k in (history[0] if history else {}) if k.startswith("loss")]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     for key in keys:
-        ax.plot([h["iteration"] for h in history], [h[key] for h in history], label=key)
-    ax.set_xlabel("iteration")
+        ax.plot([h[x] for h in history], [h.get(key, math.nan) for h in history], label=key)
+    ax.set_xlabel(x)
     ax.set_yscale("log" if all(h[k] > 0 for h in history for k in keys) and keys else "linear")
     ax.set_title(title)
     if keys:

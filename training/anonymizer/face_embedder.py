@@ -454,6 +454,13 @@ def extract_face_chips(image: torch.Tensor, details: list, size: int = CHIP_SIZE
     return torch.cat(chips)
 
 
+def resize_to_chips(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, 3, 150, 150): whole crops as embedder chips (bilinear, no antialiasing,
+    clamped). The one resize the identity loss and its validation metric share, so the metric scores
+    exactly what the loss pushes on."""
+    return F.interpolate(images.float(), size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
 def default_dat_path() -> Path:
     try:
         import face_recognition_models

@@ -274,3 +274,37 @@ def write_tiny_sdxl_inpaint_base(
     marker = {"tiny_random": True, "variant": "sdxl", "seed": seed, "sizes": sizes,
               "note": "randomly initialised stand-in for SDXL inpainting; outputs are not meaningful"}
     return _save_atomically(Path(out_dir), lambda d: pipe.save_pretrained(d, safe_serialization=True), marker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Set-up step (`make setup`): write the embedded default's tiny SD2-inpainting base from the pinned
+    open_clip wheel's vocabulary. Skipped when the folder already holds a base of the same seed."""
+    import argparse
+
+    from training.anonymizer.clip_vocab import ClipVocabError, clip_tokenizer_files, find_clip_bpe_source
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--root", type=Path, default=Path("."), help="checkout whose .cache/wheels holds the wheel")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    marker = args.out / TINY_MARKER
+    if not args.force and marker.is_file() and json.loads(marker.read_text()).get("seed") == args.seed:
+        print(f"{args.out}: tiny inpainting base already written (seed {args.seed})")
+        return 0
+    source = find_clip_bpe_source(args.root)
+    if source is None:
+        raise SystemExit(f"no open_clip_torch wheel under {args.root / '.cache/wheels'}: run `make setup`")
+    try:
+        with tempfile.TemporaryDirectory() as tok:
+            clip_tokenizer_files(source, tok)
+            write_tiny_inpaint_base(args.out, tok, seed=args.seed)
+    except ClipVocabError as err:
+        raise SystemExit(str(err)) from None
+    print(f"{args.out}: tiny random SD2-inpainting base written (seed {args.seed}; a labelled stand-in, not SD2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

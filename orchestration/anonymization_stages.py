@@ -1,0 +1,178 @@
+"""The anonymization track's stages: lora_checkpoint (SD2 inpainting + LoRA, trained jointly with a
+discriminator and the detection track's detector, the "Plan B" recipe). Same contract as the other tracks'
+stage bodies: paths in, files out, a StageOutput back."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+from assets.atomic import atomic_dir, write_json
+from orchestration import tracking
+from orchestration.config import Params
+from orchestration.stage_io import StageInputError, StageOutput, fingerprint, hash_files
+
+UNIFIED_COCO = Path("data/datasets/coco")
+DETECTOR_CHECKPOINT = Path("data/models/detector/detector.pth")
+LORA = Path("data/models/anonymizer")
+LORA_METRICS = Path("data/metrics/lora.json")
+WORK = Path(".cache/train")
+METRICS_CSV = "metrics.csv"
+# The recipe's metrics.csv header; the loop may add columns after these.
+METRICS_COLUMNS = ("step", "l1", "perceptual", "arcface_mean_sim", "easyocr_plate_acc", "fid", "val_map")
+SETUP_HINT = "run `make setup` (it writes the embedded tiny base) or point anonymization.generator.model_dir at SD2 inpainting"
+
+
+def _has_annotations(path: Path) -> bool:
+    import json
+
+    return bool(json.loads(path.read_text()).get("annotations"))
+
+
+def _settings(params: Params, work_dir: Path, run_key: str):
+    from training.anonymizer.joint_loop import AnonymizerTrainSettings
+
+    a = params.anonymization
+    # With every source in one group (e.g. a single clip) nothing is held out: validate on the train split,
+    # as detection_report does, and say so in the run's metadata.
+    val_json = UNIFIED_COCO / "val.json" if _has_annotations(UNIFIED_COCO / "val.json") else None
+    return AnonymizerTrainSettings(
+        model_dir=Path(a.generator.model_dir), variant=a.generator.variant, work_dir=work_dir, fingerprint=run_key,
+        train_json=UNIFIED_COCO / "train.json", val_json=val_json, images_root=UNIFIED_COCO,
+        detector_checkpoint=DETECTOR_CHECKPOINT if DETECTOR_CHECKPOINT.is_file() else None,
+        resolution=a.resolution, context_pad=a.context_pad, batch_size=a.batch_size,
+        learnable_layers=list(a.learnable_layers), lora_rank=a.lora_rank, lora_alpha=a.lora_alpha,
+        separate_adapters=a.separate_adapters, precision=a.precision, enable_xformers=a.enable_xformers,
+        gradient_checkpointing=a.gradient_checkpointing, prompt_face=a.generator.prompt_face,
+        prompt_plate=a.generator.prompt_plate, diffusion_weight=a.diffusion_weight, l1_weight=a.l1_weight,
+        perceptual_weight=a.perceptual_weight, id_suppress_weight=a.id_suppress_weight, id_margin=a.id_margin,
+        adv_weight=a.adv_weight, alternating=a.alternating.model_dump(), lr_generator=a.lr.generator,
+        lr_discriminator=a.lr.discriminator, lr_detector=a.lr.detector, lr_pretrain=a.lr.pretrain,
+        grad_clip=a.grad_clip, pretrain_steps=a.pretrain_steps, max_steps=a.max_steps,
+        save_every_steps=a.checkpoint.save_every_steps, val_every_steps=a.val_every_steps,
+        log_every_steps=a.log_every_steps, num_val_samples=a.num_val_samples, plate_steps=a.plate_steps,
+        plate_text_anchor_strength=a.plate_text_anchor_strength,
+        plate_text_font_ratio_min=a.plate_text_font_ratio_min, plate_text_font_ratio_max=a.plate_text_font_ratio_max,
+        discriminator_enabled=a.discriminator.enabled, discriminator_channels=a.discriminator.channels,
+        vgg19_weights=Path(a.vgg19_weights) if a.vgg19_weights else None, seed=params.seed, device=a.device,
+        progress=True,
+    )
+
+
+def check_generator_inputs(params: Params):
+    """Everything that can be wrong with the generator's inputs, said before any training starts: the model
+    folder (missing, LFS pointer, checksum, a text-to-image UNet) and `learnable_layers` against its UNet."""
+    from training.anonymizer.generator import check_model_dir, lora_target_modules
+
+    a = params.anonymization
+    info = check_model_dir(a.generator.model_dir, a.generator.variant, a.generator.model_sha256 or None)
+    from diffusers import UNet2DConditionModel
+
+    # The UNet's config alone builds its module tree on the meta device: the layer names are checked in a
+    # second even for SD2's 865M parameters.
+    import torch
+
+    config = UNet2DConditionModel.load_config(Path(a.generator.model_dir) / "unet")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    lora_target_modules(unet, list(a.learnable_layers))
+    return info
+
+
+def _coco_hash() -> str:
+    for split in ("train", "val"):
+        if not (UNIFIED_COCO / f"{split}.json").is_file():
+            raise StageInputError(f"{UNIFIED_COCO / split}.json: missing; materialize `unified_coco` first")
+    return hash_files(UNIFIED_COCO / "train.json", UNIFIED_COCO / "val.json")
+
+
+def _validator(params: Params):
+    """The validation callback: the recipe's metrics on the val samples, with the loss's own embedder family."""
+    from training.anonymizer.validation import default_models, validation_metrics
+    from training.detector import load_detector
+    from training.restorer import pick_device
+
+    models = default_models(device="cpu")
+    detector = None
+    if DETECTOR_CHECKPOINT.is_file():
+        detector, _ = load_detector(DETECTOR_CHECKPOINT, device=pick_device("cpu"))
+
+    def validate(samples, anonymized, fake_texts) -> dict:
+        return validation_metrics(samples, anonymized, fake_texts, detector=detector, **models)
+
+    return validate
+
+
+def _last_csv_row(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    out = {}
+    for key, value in rows[-1].items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def run_lora_checkpoint(params: Params) -> StageOutput:
+    a = params.anonymization
+    data_hash = _coco_hash()
+    try:
+        info = check_generator_inputs(params)
+    except FileNotFoundError as err:  # GeneratorWeightsError is a WeightsError
+        raise StageInputError(f"{err}\n({SETUP_HINT})") from None
+    from training.anonymizer.joint_loop import train_anonymizer
+    from training.loop import run_rate, write_curves
+
+    recipe = {k: v for k, v in a.model_dump().items() if k not in ("max_steps", "log_every_steps", "device")}
+    detector_hash = hash_files(DETECTOR_CHECKPOINT) if DETECTOR_CHECKPOINT.is_file() else "none"
+    run_key = fingerprint("anonymizer", recipe, params.seed, data_hash, detector_hash)
+    settings = _settings(params, WORK / "lora" / run_key, run_key)
+    base_label = ("tiny randomly initialised SD2-inpainting stand-in (same diffusers classes; no SD2 weights "
+                  "offline): its numbers show the loop works, not anonymization quality"
+                  if info.tiny_random else f"{a.generator.model_id} from {a.generator.model_dir}")
+    tracking.set_tags({"anonymizer.base": base_label, "anonymizer.tiny_stand_in": str(info.tiny_random).lower()})
+
+    def on_log(metrics: dict, step: int) -> None:
+        tracking.log_step({f"lora/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+
+    def on_sample(path: Path, step: int) -> None:
+        tracking.log_image(path, f"val_samples/step{step:04d}")
+
+    result = train_anonymizer(settings, on_log, on_sample, validate=_validator(params))
+    last = _last_csv_row(result.metrics_csv)
+    done = result.steps - result.resumed_from
+    summary = {
+        "steps": result.steps, "resumed_from": result.resumed_from, "train_seconds": round(result.seconds, 2),
+        "steps_per_s": run_rate(done, result.seconds), "trainable_params": result.trainable_params,
+        "frozen_params": result.frozen_params, "tiny_stand_in": info.tiny_random,
+        "validated_on_val": int(settings.val_json is not None),
+        **{k: v for k, v in last.items() if k != "step" and not (isinstance(v, float) and math.isnan(v))},
+    }
+    images: dict[str, Path] = {}
+    with atomic_dir(LORA) as tmp:
+        shutil.copytree(result.lora_dir, tmp / "lora")
+        shutil.copyfile(result.metrics_csv, tmp / METRICS_CSV)
+        if result.val_dirs:
+            shutil.copytree(Path(result.val_dirs[-1]).parent, tmp / "val_samples")
+        write_json(tmp / "history.json", result.history)
+        write_json(tmp / "train.json", {**summary, "base": base_label, "labels": result.labels,
+                                        "config": a.model_dump(), "device": result.device})
+        if result.history and any(k.startswith("loss") for k in result.history[0]):
+            write_curves(result.history, tmp / "curves.png", "Anonymizer (LoRA)", x="step")
+    if (LORA / "curves.png").is_file():
+        images["loss curves"] = LORA / "curves.png"
+    for grid in sorted((LORA / "val_samples").glob("step*/*.png"))[-3:]:
+        images[f"{grid.parent.name}/{grid.stem}"] = grid
+    write_json(LORA_METRICS, summary)
+    return StageOutput(
+        metadata={**summary, "base": base_label, "lora": str(LORA / "lora"), "device": result.device},
+        images=images, files=[LORA / "train.json", LORA / METRICS_CSV, LORA_METRICS], input_hash=data_hash,
+    )
