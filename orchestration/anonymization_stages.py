@@ -12,16 +12,14 @@ from pathlib import Path
 from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
+from orchestration.detection_stages import DETECTOR, UNIFIED_COCO, coco_hash
 from orchestration.stage_io import StageInputError, StageOutput, fingerprint, hash_files
 
-UNIFIED_COCO = Path("data/datasets/coco")
-DETECTOR_CHECKPOINT = Path("data/models/detector/detector.pth")
+DETECTOR_CHECKPOINT = DETECTOR / "detector.pth"
 LORA = Path("data/models/anonymizer")
 LORA_METRICS = Path("data/metrics/lora.json")
 WORK = Path(".cache/train")
-METRICS_CSV = "metrics.csv"
-# The recipe's metrics.csv header; the loop may add columns after these.
-METRICS_COLUMNS = ("step", "l1", "perceptual", "arcface_mean_sim", "easyocr_plate_acc", "fid", "val_map")
+METRICS_CSV = "metrics.csv"  # written by the loop with the recipe's header (joint_loop.METRICS_COLUMNS)
 SETUP_HINT = "run `make setup` (it writes the embedded tiny base) or point anonymization.generator.model_dir at SD2 inpainting"
 
 
@@ -68,24 +66,17 @@ def check_generator_inputs(params: Params):
 
     a = params.anonymization
     info = check_model_dir(a.generator.model_dir, a.generator.variant, a.generator.model_sha256 or None)
+    # Only now diffusers and torch: a wrong folder is said without paying their import.
+    import torch
     from diffusers import UNet2DConditionModel
 
     # The UNet's config alone builds its module tree on the meta device: the layer names are checked in a
     # second even for SD2's 865M parameters.
-    import torch
-
     config = UNet2DConditionModel.load_config(Path(a.generator.model_dir) / "unet")
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
     lora_target_modules(unet, list(a.learnable_layers))
     return info
-
-
-def _coco_hash() -> str:
-    for split in ("train", "val"):
-        if not (UNIFIED_COCO / f"{split}.json").is_file():
-            raise StageInputError(f"{UNIFIED_COCO / split}.json: missing; materialize `unified_coco` first")
-    return hash_files(UNIFIED_COCO / "train.json", UNIFIED_COCO / "val.json")
 
 
 def _validator(params: Params):
@@ -123,7 +114,7 @@ def _last_csv_row(path: Path) -> dict[str, float]:
 
 def run_lora_checkpoint(params: Params) -> StageOutput:
     a = params.anonymization
-    data_hash = _coco_hash()
+    data_hash = coco_hash()
     try:
         info = check_generator_inputs(params)
     except FileNotFoundError as err:  # GeneratorWeightsError is a WeightsError

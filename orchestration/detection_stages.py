@@ -154,7 +154,8 @@ def _example_sheet(root: Path, per_source: int = 3):
 
 
 
-def _coco_hash() -> str:
+def coco_hash() -> str:
+    """The identity of the unified COCO set both splits' files make; a StageInputError when it is missing."""
     for split in ("train", "val"):
         if not (UNIFIED_COCO / f"{split}.json").is_file():
             raise StageInputError(f"{UNIFIED_COCO / f'{split}.json'}: missing; materialize `unified_coco` first")
@@ -166,7 +167,7 @@ def run_detector(params: Params) -> StageOutput:
     from training.loop import run_rate, write_curves
 
     d = params.detector
-    data_hash = _coco_hash()
+    data_hash = coco_hash()
     recipe = {k: v for k, v in d.model_dump().items()
               if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold")}
     run_key = fingerprint("detector", recipe, params.seed, data_hash)
@@ -223,7 +224,7 @@ def run_detection_report(params: Params) -> StageOutput:
     source = DETECTOR / "detector.pth"
     if not source.is_file():
         raise StageInputError(f"{source}: missing; materialize `detector_checkpoint` first")
-    data_hash = _coco_hash()
+    data_hash = coco_hash()
     model, meta = load_detector(source, device=pick_device(params.detector.device))
     split = "val"
     gt = json.loads((UNIFIED_COCO / "val.json").read_text())

@@ -31,26 +31,10 @@ from training.anonymizer.face_embedder import (
     load_dlib_embedder, parse_dlib_resnet,
 )
 
+from tests.test_eval_identity import carphone_frames
+
 ROOT = Path(__file__).resolve().parents[1]
-CARPHONE = ROOT / "data/raw/carphone_pristine.mp4"
 DESCRIPTOR_TOL = 1e-5
-
-
-def _carphone_frames(indices=(0, 40), upscale=3) -> dict[int, np.ndarray]:
-    import av
-    import cv2
-
-    if not CARPHONE.is_file():
-        pytest.fail(f"sample media not provisioned ({CARPHONE}); run `make setup` (make test does it)")
-    out = {}
-    with av.open(str(CARPHONE)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in indices:
-                rgb = frame.to_ndarray(format="rgb24")
-                out[i] = cv2.resize(rgb, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
-            if i >= max(indices):
-                break
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +64,9 @@ def chips(dlib_models) -> dict[str, np.ndarray]:
 
     hopper_jpg = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     hopper = np.asarray(Image.open(hopper_jpg).convert("RGB"))
-    frames = _carphone_frames()
+    frame0, frame40 = carphone_frames((0, 40))
     out = {"astronaut": best_chip(skimage.data.astronaut()), "hopper": best_chip(hopper),
-           "carphone0": best_chip(frames[0]), "carphone40": best_chip(frames[40])}
+           "carphone0": best_chip(frame0), "carphone40": best_chip(frame40)}
     for j, face in enumerate(skimage.data.lfw_subset()[:6]):  # the first 100 of lfw_subset are faces
         grey = cv2.resize((face * 255).round().astype(np.uint8), (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_CUBIC)
         out[f"lfw{j}"] = np.repeat(grey[..., None], 3, axis=2)
