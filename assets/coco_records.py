@@ -39,6 +39,7 @@ class ImageRecord:
     source: str  # "wider_face" | "pp4av" | "coco:<name>" | "clip_frames" | "synthetic_plates"
     group: str  # images of one group always land in the same split (a clip, an original photo, an event)
     origin: str  # where it came from, for messages: "<file>:<line>" or "<file>#<entry>"
+    split: str | None = None  # set by a source that splits by its own rule (synthetic faces: by person)
 
 
 @dataclass(frozen=True)

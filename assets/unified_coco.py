@@ -36,22 +36,27 @@ def split_of(source: str, group: str, val_fraction: float) -> str:
     return "val" if h < val_fraction else "train"
 
 
+def split_groups(source: str, names: list[str] | set[str], val_fraction: float) -> dict[str, str]:
+    """group -> split for one source. A source with at least two groups always gets one group into each split, so
+    a small sample set still has a val split per source (the group with the lowest hash goes to val)."""
+    ordered = sorted(set(names), key=lambda g: hashlib.sha256(f"{source}\x00{g}".encode()).digest())
+    chosen = {g: split_of(source, g, val_fraction) for g in ordered}
+    if len(ordered) >= 2 and val_fraction > 0:
+        if all(s == "train" for s in chosen.values()):
+            chosen[ordered[0]] = "val"
+        if all(s == "val" for s in chosen.values()):
+            chosen[ordered[-1]] = "train"
+    return chosen
+
+
 def assign_splits(records: list[ImageRecord], val_fraction: float) -> dict[tuple[str, str], str]:
-    """(source, group) -> split. A source with at least two groups always gets one group into each split, so a
-    small sample set still has a val split per source (the group with the lowest hash goes to val)."""
+    """(source, group) -> split, by `split_groups` per source."""
     groups: dict[str, set[str]] = {}
     for r in records:
         groups.setdefault(r.source, set()).add(r.group)
     out: dict[tuple[str, str], str] = {}
     for source, names in groups.items():
-        ordered = sorted(names, key=lambda g: hashlib.sha256(f"{source}\x00{g}".encode()).digest())
-        chosen = {g: split_of(source, g, val_fraction) for g in ordered}
-        if len(ordered) >= 2 and val_fraction > 0:
-            if all(s == "train" for s in chosen.values()):
-                chosen[ordered[0]] = "val"
-            if all(s == "val" for s in chosen.values()):
-                chosen[ordered[-1]] = "train"
-        out.update({(source, g): s for g, s in chosen.items()})
+        out.update({(source, g): s for g, s in split_groups(source, names, val_fraction).items()})
     return out
 
 
@@ -81,7 +86,7 @@ def assemble(conversion: Conversion, out_dir: Path, val_fraction: float) -> Asse
         shutil.copyfile(record.path, out_dir / name)
         kept.append((record, sha, name))
 
-    splits = assign_splits([r for r, _, _ in kept], val_fraction)
+    splits = assign_splits([r for r, _, _ in kept if r.split is None], val_fraction)
     docs = {s: {"info": {"description": f"aubergine unified faces+plates, {s} split"}, "licenses": [],
                 "categories": list(CATEGORIES), "images": [], "annotations": []} for s in SPLITS}
     image_id = ann_id = 0
@@ -89,7 +94,7 @@ def assemble(conversion: Conversion, out_dir: Path, val_fraction: float) -> Asse
     by_source: dict[str, int] = {}
     # Stable ids: ordered by source, then where the image came from.
     for record, sha, name in sorted(kept, key=lambda t: (t[0].source, t[0].origin, t[1])):
-        split = splits[(record.source, record.group)]
+        split = record.split or splits[(record.source, record.group)]
         image_id += 1
         docs[split]["images"].append({
             "id": image_id, "file_name": name, "width": record.width, "height": record.height,
@@ -101,8 +106,11 @@ def assemble(conversion: Conversion, out_dir: Path, val_fraction: float) -> Asse
             ann_id += 1
             ann = {"id": ann_id, "image_id": image_id, "category_id": CATEGORY_IDS[box.category],
                    "bbox": [round(float(v), 3) for v in box.xywh], "area": round(float(box.w * box.h), 3), "iscrowd": 0}
-            if box.text:
-                ann["attributes"] = {"text": box.text}
+            attributes = {"text": box.text} if box.text else {}
+            if "person" in box.extra:  # synthetic people: who it is, for identity measures across images
+                attributes["person"] = box.extra["person"]
+            if attributes:
+                ann["attributes"] = attributes
             docs[split]["annotations"].append(ann)
             counts[f"{split}_{box.category}s"] += 1
     for split in SPLITS:

@@ -48,7 +48,8 @@ def _settings(params: Params, work_dir: Path, run_key: str):
         perceptual_weight=a.perceptual_weight, id_suppress_weight=a.id_suppress_weight, id_margin=a.id_margin,
         adv_weight=a.adv_weight, alternating=a.alternating.model_dump(), lr_generator=a.lr.generator,
         lr_discriminator=a.lr.discriminator, lr_detector=a.lr.detector, lr_pretrain=a.lr.pretrain,
-        grad_clip=a.grad_clip, pretrain_steps=a.pretrain_steps, max_steps=a.max_steps,
+        grad_clip=a.grad_clip, pretrain_steps=a.pretrain_steps, pretrain_vae_steps=a.pretrain_vae_steps,
+        max_steps=a.max_steps,
         save_every_steps=a.checkpoint.save_every_steps, val_every_steps=a.val_every_steps,
         log_every_steps=a.log_every_steps, num_val_samples=a.num_val_samples, plate_steps=a.plate_steps,
         plate_text_anchor_strength=a.plate_text_anchor_strength,
@@ -150,11 +151,15 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
     images: dict[str, Path] = {}
     with atomic_dir(LORA) as tmp:
         shutil.copytree(result.lora_dir, tmp / "lora")
+        if Path(result.base_dir).resolve() != Path(a.generator.model_dir).resolve():
+            # The LoRA adapts the warmed base, not model_dir: publish that base beside it.
+            shutil.copytree(result.base_dir, tmp / "base")
         shutil.copyfile(result.metrics_csv, tmp / METRICS_CSV)
         if result.val_dirs:
             shutil.copytree(Path(result.val_dirs[-1]).parent, tmp / "val_samples")
         write_json(tmp / "history.json", result.history)
-        write_json(tmp / "train.json", {**summary, "base": base_label, "labels": result.labels,
+        base_dir = str(LORA / "base") if (tmp / "base").is_dir() else a.generator.model_dir
+        write_json(tmp / "train.json", {**summary, "base": base_label, "base_dir": base_dir, "labels": result.labels,
                                         "config": a.model_dump(), "device": result.device})
         if result.history and any(k.startswith("loss") for k in result.history[0]):
             write_curves(result.history, tmp / "curves.png", "Anonymizer (LoRA)", x="step")
@@ -164,6 +169,7 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
         images[f"{grid.parent.name}/{grid.stem}"] = grid
     write_json(LORA_METRICS, summary)
     return StageOutput(
-        metadata={**summary, "base": base_label, "lora": str(LORA / "lora"), "device": result.device},
+        metadata={**summary, "base": base_label, "lora": str(LORA / "lora"), "device": result.device,
+                  "load_with": f"StableDiffusionInpaintPipeline.from_pretrained({base_dir!r}).load_lora_weights({str(LORA / 'lora')!r})"},
         images=images, files=[LORA / "train.json", LORA / METRICS_CSV, LORA_METRICS], input_hash=data_hash,
     )

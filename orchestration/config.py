@@ -288,6 +288,16 @@ class SyntheticPlatesParams(_Strict):
     image_side: PositiveInt = 480  # backgrounds are scaled so their long side is this
 
 
+class SyntheticFacesParams(_Strict):
+    """Faces of the synthetic people (`make setup` draws them) composited into frames of the sample media."""
+
+    count: Annotated[int, Field(ge=0)] = 1000
+    per_image: IntRange = (1, 3)  # distinct people per image, all of one split
+    width_ratio: Range = (0.1, 0.3)  # face box width / image width
+    image_side: PositiveInt = 480  # backgrounds are scaled so their long side is this
+    people_index: str = "data/media/people/people.json"
+
+
 class CocoParams(_Strict):
     """`unified_coco`: faces and plates from every source, one COCO set with a split by source group."""
 
@@ -296,6 +306,7 @@ class CocoParams(_Strict):
     max_frames_per_clip: PositiveInt = 30
     val_fraction: Fraction = 0.2
     synthetic_plates: SyntheticPlatesParams = SyntheticPlatesParams()
+    synthetic_faces: SyntheticFacesParams = SyntheticFacesParams()
 
 
 class DetectorParams(_Strict):
@@ -384,6 +395,8 @@ class AnonymizationParams(_Strict):
     lr: AnonymizerLrParams = AnonymizerLrParams()
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     pretrain_steps: Annotated[int, Field(ge=0)] = 0  # warm-up by self-reconstruction before the joint phase
+    # The stand-in only: its random VAE learns to reconstruct the crops first (never set it for a real SD2 VAE).
+    pretrain_vae_steps: Annotated[int, Field(ge=0)] = 0
     plate_steps: PositiveInt = 20  # denoising steps from the rendered text anchor: more = crisper characters
     plate_text_anchor_strength: Fraction = 0.6  # lower keeps more of the rendered fake text
     plate_text_font_ratio_min: Annotated[float, Field(gt=0, le=1)] = 0.55  # font height / plate height
@@ -406,6 +419,8 @@ class AnonymizationParams(_Strict):
                              "with LoRA (bench/anonymizer.py measures the cost of a full-UNet step)")
         if not self.learnable_layers:
             raise ValueError("learnable_layers is empty: name at least one UNet block, e.g. unet.mid_block")
+        if self.pretrain_vae_steps and not self.pretrain_steps:
+            raise ValueError("pretrain_vae_steps > 0 needs pretrain_steps > 0: the UNet must learn the new VAE's latents")
         return self
 
 

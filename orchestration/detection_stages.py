@@ -5,7 +5,7 @@ External datasets are read from drop folders under `coco.external_dir` (README: 
     wider_face/wider_face_split/wider_face_{train,val}_bbx_gt.txt + wider_face/WIDER_{train,val}/images/
     pp4av/  (images with YOLO txt labels)
     coco/<name>/annotations.json + its images
-Each is optional; the embedded default uses clip frames and synthetic plates only.
+Each is optional; the embedded default uses clip frames, synthetic plates and the synthetic people's faces.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def _backgrounds(manifest: dict, out: Path) -> list[Path]:
 def run_unified_coco(params: Params) -> StageOutput:
     from assets import contact_sheet
     from assets.coco_sources import frames_from_region_tracks
+    from assets.synthetic_faces import render_synthetic_faces
     from assets.synthetic_plates import render_synthetic_plates
     from assets.unified_coco import assemble
 
@@ -95,6 +96,13 @@ def run_unified_coco(params: Params) -> StageOutput:
             for record in plates.images:  # one group per source clip, not per frame: a scene never straddles the split
                 record.group = "synthetic:" + Path(record.origin).stem.rsplit("_", 1)[0]
             conv.extend(plates)
+        people_index = Path(c.synthetic_faces.people_index)
+        if backgrounds and c.synthetic_faces.count:
+            try:
+                conv.extend(render_synthetic_faces(people_index, backgrounds, work / "faces", c.synthetic_faces,
+                                                   params.seed, c.val_fraction))
+            except ValueError as err:
+                raise StageInputError(f"coco.synthetic_faces: {err}") from None
         assembled = assemble(conv, tmp, c.val_fraction)
         shutil.rmtree(work)
         sheet = _example_sheet(tmp)
@@ -109,7 +117,8 @@ def run_unified_coco(params: Params) -> StageOutput:
         metadata={**counts, "problems_list": "\n".join(str(p) for p in assembled.problems[:30]) or "none"},
         images=images,
         files=[UNIFIED_COCO / "problems.json", COCO_METRICS],
-        input_hash=hash_files(manifest_path, REGION_TRACKS / "index.json"),
+        input_hash=hash_files(manifest_path, REGION_TRACKS / "index.json",
+                              *([people_index] if people_index.is_file() else [])),
     )
 
 

@@ -147,12 +147,13 @@ STAGES: tuple[Stage, ...] = (
         group="detection",
         description="Faces and plates from every source in one COCO set (categories face=1, plate=2): WIDER FACE, "
         "PP4AV and COCO drop folders, frames of the clips with their tracked boxes, synthetic plates with rendered "
-        "text; deduplicated by content, split by source group; every rejected line or entry in problems.json.",
+        "text, faces of the synthetic people (split by person); deduplicated by content, split by source group; "
+        "every rejected line or entry in problems.json.",
         run=detection_stages.run_unified_coco,
         upstream=("raw_clips", "region_tracks"),
         params=("coco",),
         outs=(str(detection_stages.UNIFIED_COCO),),
-        extra_deps=("${coco.external_dir}",),
+        extra_deps=("${coco.external_dir}", "${coco.synthetic_faces.people_index}"),
         kinds=("python", "coco", "pillow"),
         metrics=(str(detection_stages.COCO_METRICS),),
     ),

@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 YUNET = ROOT / "data/models/yunet/face_detection_yunet_2023mar.onnx"
 EMOJI = ROOT / "data/media/eggplant/emoji_u1f346.png"
 SAMPLE_RAW = ROOT / "data/raw"
+PEOPLE = ROOT / "data/media/people/people.json"
 
 
 def need_media() -> None:
-    missing = [p for p in (YUNET, EMOJI, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
+    missing = [p for p in (YUNET, EMOJI, PEOPLE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
     if missing:
         pytest.fail(f"sample media not provisioned ({missing[0]}); run `make setup` (make test does it)")
 
@@ -37,6 +38,7 @@ class Project:
         doc["data"]["raw_dir"] = "data/raw"
         doc["detection"]["yunet_model"] = str(YUNET)
         doc["eggplant"]["emoji_png"] = str(EMOJI)
+        doc["coco"]["synthetic_faces"]["people_index"] = str(PEOPLE)
         doc["mlflow"]["enabled"] = False
         for dotted, value in sections.items():
             node = doc

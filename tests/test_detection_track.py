@@ -17,6 +17,7 @@ from tests.conftest import Project, need_media
 TINY = {f"profiles__embedded__{k}": v for k, v in dict(
     coco__frames_every_n=20, coco__max_frames_per_clip=6,
     coco__synthetic_plates={"count": 16, "image_side": 192},
+    coco__synthetic_faces={"count": 12, "image_side": 192},
     detector={"min_size": 128, "max_size": 192, "batch_size": 2, "max_iters": 4, "log_interval": 2, "checkpoint_interval": 2},
     anonymization={"generator": {"model_dir": str(Path(__file__).resolve().parents[1] / "data/models/tiny-sd2-inpainting")},
                    "precision": "fp32", "resolution": 64, "batch_size": 2, "lora_rank": 4, "lora_alpha": 4.0,
@@ -46,13 +47,17 @@ def test_unified_coco_has_both_sources_splits_and_passes_its_suite(track):
     root = Path("data/datasets/coco")
     counts = json.loads(Path("data/metrics/unified_coco.json").read_text())
     assert counts["images_from_synthetic_plates"] == 16 and counts["images_from_clip_frames"] > 0
+    assert counts["images_from_synthetic_faces"] == 12
     for split in ("train", "val"):
         doc = json.loads((root / f"{split}.json").read_text())
         assert [c["name"] for c in doc["categories"]] == ["face", "plate"]
         assert all(o.success for o in validate_coco(doc, root)), split
-    texts = [a["attributes"]["text"] for s in ("train", "val")
-             for a in json.loads((root / f"{s}.json").read_text())["annotations"] if "attributes" in a]
+    annotations = {s: json.loads((root / f"{s}.json").read_text())["annotations"] for s in ("train", "val")}
+    texts = [a["attributes"]["text"] for s in annotations for a in annotations[s] if "text" in a.get("attributes", {})]
     assert texts and all(t.strip() for t in texts)
+    people = {s: {a["attributes"]["person"] for a in annotations[s] if "person" in a.get("attributes", {})}
+              for s in annotations}
+    assert people["train"] and people["val"] and not people["train"] & people["val"]  # split by person
 
 
 def test_report_has_map_per_category_and_the_model_is_registered(track):

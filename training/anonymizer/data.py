@@ -36,6 +36,7 @@ class RegionSample:
     box: tuple[float, float, float, float]  # the region's box x0, y0, x1, y1 in crop pixels
     text: str | None  # the original plate text when known
     source: str  # "<file_name>#<annotation id>"
+    person: str | None = None  # who the face shows, where the source knows (the synthetic people)
 
 
 def region_mask(kind: str, box: tuple[float, float, float, float], resolution: int) -> np.ndarray:
@@ -143,8 +144,10 @@ def load_region_samples(coco_json, images_root, resolution: int, context_pad: fl
             crop, box = crop_region(rgb, tuple(float(v) for v in ann["bbox"]), resolution, context_pad)
             attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
             text = attributes.get("text", ann.get("text")) if kind == "plate" else None
+            person = attributes.get("person") if kind == "face" else None
             samples.append(RegionSample(crop, region_mask(kind, box, resolution), kind, box,
-                                        str(text) if text else None, f"{img['file_name']}#{ann.get('id')}"))
+                                        str(text) if text else None, f"{img['file_name']}#{ann.get('id')}",
+                                        str(person) if person else None))
             if max_samples is not None and len(samples) >= max_samples:
                 return samples
     return samples

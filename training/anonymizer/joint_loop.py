@@ -1,7 +1,8 @@
 """The anonymizer's training: an optional warm-up, then joint alternating LoRA / discriminator / detector training.
 
 Phase 0 (pretrain_steps > 0): self-reconstruction. The whole base UNet learns to inpaint each region back to
-its original (plain diffusion loss). It exists for the tiny random stand-in base, which otherwise gives the
+its original (plain diffusion loss); with `pretrain_vae_steps` the stand-in's random VAE first learns to
+reconstruct the crops, its latent scale calibrated as SD's was. It exists for the tiny random stand-in base, which otherwise gives the
 LoRA nothing to adapt; the result is saved as a complete pipeline folder (`work_dir/warm_base/`, swapped in
 atomically) and phase 1 loads THAT folder as its frozen base. It is not checkpointed mid-way: a run killed
 inside it redoes it (it is seeded, so the folder comes out the same); a finished one is reused when its
@@ -19,8 +20,11 @@ decodes it with the (frozen, differentiable) VAE and composites it into the crop
   (skin tone, light, pose silhouette survive; the detail that carries identity is free to change), plates
   compare the anchored crop at full resolution (they must carry the fake text).
 - perceptual: VGG19 features of the composite against the target (faces: the original; plates: the anchor).
-- id suppression (faces): relu(cos(emb(original), emb(composite)) - id_margin) with the dlib ResNet port on
-  the crop resized to 150 px; gradients flow through the embedder into the LoRA. Embeddings are never stored.
+- id suppression (faces): relu(sim(emb(original), emb(composite)) - id_margin) with the dlib ResNet port on
+  150 px chips of the face box (`face_embedder.box_chips`); sim is dlib's own 1 - Euclidean distance (the
+  recipe says cosine, which is ArcFace's metric; dlib's cosine is compressed near 1, see
+  `face_embedder.identity_similarity`). Gradients flow through the embedder into the LoRA. Embeddings are
+  never stored.
 - adversarial: a PatchGAN on the composite (real = original crops).
 The pixel-space terms are weighted per sample by alpha_bar(t): at high noise x0 is a blurry guess whose
 errors the x0 formula multiplies by up to 1/sqrt(alpha_bar) (~15x at t=999), so those samples barely count.
@@ -64,6 +68,7 @@ from tqdm import tqdm
 from training import checkpoints as ckpt
 from training.anonymizer import generator as gen
 from training.anonymizer.data import RegionSample, balanced_subset, load_region_samples
+from training.anonymizer.face_embedder import box_chips, identity_similarity
 from training.anonymizer.plate_anchor import (
     anchored_denoise,
     decode,
@@ -121,6 +126,7 @@ class AnonymizerTrainSettings:
     lr_detector: float = 1e-5
     grad_clip: float = 1.0
     pretrain_steps: int = 0
+    pretrain_vae_steps: int = 0  # the stand-in only: its random VAE first learns to reconstruct the crops
     lr_pretrain: float = 1e-4
     max_steps: int = 1000
     save_every_steps: int = 250
@@ -277,11 +283,9 @@ def _l1_terms(decoded: torch.Tensor, batch: _Batch) -> torch.Tensor:
     return context + torch.where(is_plate, inside, coarse)
 
 
-def _chips(images: torch.Tensor) -> torch.Tensor:
-    """Crops in [-1, 1] as the embedder's 150 px [0, 1] chips."""
-    from training.anonymizer.face_embedder import resize_to_chips
-
-    return resize_to_chips((images.float() + 1) / 2)
+def _chips(images: torch.Tensor, boxes) -> torch.Tensor:
+    """Crops in [-1, 1] as the embedder's 150 px [0, 1] chips of their face boxes."""
+    return box_chips((images.float() + 1) / 2, boxes)
 
 
 def _rng_state(noise_gen: torch.Generator, sampler: RegionSampler, device: torch.device) -> dict:
@@ -334,18 +338,53 @@ def _side_by_side(original: np.ndarray, mask: np.ndarray, anonymized: np.ndarray
 # ------------------------------------------------------------------------------------------ phase 0
 
 
+VAE_KL_WEIGHT = 1e-6  # SD's autoencoder recipe: the KL term only keeps the latent from drifting
+
+
+def _warm_up_vae(vae, samples: list[RegionSample], s: AnonymizerTrainSettings, device: torch.device) -> None:
+    """Teach the stand-in's random VAE to reconstruct the train crops (L1 + a tiny KL, SD's autoencoder recipe
+    without its GAN), then set its `scaling_factor` to 1 / std of the latents, as SD's 0.18215 was found, so
+    the noise schedule sees unit-variance latents. Without it the UNet learns to denoise the latents of a random
+    encoder and every decoded image is noise."""
+    vae.requires_grad_(True)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr_pretrain, weight_decay=0.0)
+    sampler = RegionSampler(len(samples), s.seed + 103)
+    gen_ = torch.Generator().manual_seed(s.seed + 104)
+    for step in range(1, s.pretrain_vae_steps + 1):
+        image = to_tensor([samples[i].image for i in sampler.next(max(s.batch_size, 8))]).to(device)
+        posterior = vae.encode(image).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen_).to(device)
+        loss = (vae.decode(z).sample - image).abs().mean() + VAE_KL_WEIGHT * posterior.kl().mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"VAE warm-up: loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), s.grad_clip)
+        opt.step()
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        picks = np.linspace(0, len(samples) - 1, min(len(samples), 64)).round().astype(int)
+        latents = torch.cat([vae.encode(to_tensor([samples[i].image for i in picks[k:k + 16]]).to(device)).latent_dist.mean
+                             for k in range(0, len(picks), 16)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp_min(1e-6)))
+
+
 def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: torch.device,
              dtype: torch.dtype) -> Path:
     """Self-reconstruction of the whole base UNet; returns the warmed pipeline folder."""
     from assets.atomic import atomic_dir
 
     dest = s.work_dir / WARM_DIR
-    key = {"fingerprint": s.fingerprint, "pretrain_steps": s.pretrain_steps, "model_dir": str(s.model_dir)}
+    key = {"fingerprint": s.fingerprint, "pretrain_steps": s.pretrain_steps, "pretrain_vae_steps": s.pretrain_vae_steps,
+           "model_dir": str(s.model_dir)}
     marker = dest / WARM_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == key:
         return dest
     # The UNet trains in fp32 under autocast: full-weight fp16 updates would underflow.
     comps = gen.load_inpaint_components(s.model_dir, s.variant, device, torch.float32)
+    if s.pretrain_vae_steps > 0:
+        _warm_up_vae(comps.vae, samples, s, device)
     unet = comps.unet
     unet.requires_grad_(True)
     unet.train()
@@ -383,7 +422,7 @@ def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: to
     unet.eval().requires_grad_(False)
     pipe_cls = gen._pipeline_class(s.variant)
     with atomic_dir(dest) as tmp:
-        pipe = pipe_cls.from_pretrained(str(s.model_dir), unet=unet)
+        pipe = pipe_cls.from_pretrained(str(s.model_dir), unet=unet, vae=comps.vae)
         pipe.save_pretrained(tmp, safe_serialization=True)
         if (s.model_dir / gen.TINY_MARKER).is_file():  # still the random stand-in, warmed: keep its label
             (tmp / gen.TINY_MARKER).write_bytes((s.model_dir / gen.TINY_MARKER).read_bytes())
@@ -408,8 +447,10 @@ def _check_settings(s: AnonymizerTrainSettings) -> dict[str, int]:
     for name in ("max_steps", "save_every_steps", "val_every_steps", "log_every_steps", "batch_size"):
         if int(getattr(s, name)) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(s, name)}")
-    if s.pretrain_steps < 0 or s.num_val_samples < 0:
-        raise ValueError("pretrain_steps and num_val_samples must be >= 0")
+    if s.pretrain_steps < 0 or s.pretrain_vae_steps < 0 or s.num_val_samples < 0:
+        raise ValueError("pretrain_steps, pretrain_vae_steps and num_val_samples must be >= 0")
+    if s.pretrain_vae_steps > 0 and s.pretrain_steps == 0:
+        raise ValueError("pretrain_vae_steps needs pretrain_steps > 0: the UNet must then learn the new latents")
     return freq
 
 
@@ -434,7 +475,9 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
     base_dir = s.model_dir
     if s.pretrain_steps > 0:
         base_dir = _warm_up(s, train_samples, device, dtype)
-        labels["warm_up"] = f"{s.pretrain_steps} self-reconstruction steps -> {base_dir}"
+        labels["warm_up"] = (f"{s.pretrain_steps} self-reconstruction steps"
+                             + (f" after {s.pretrain_vae_steps} VAE reconstruction steps" if s.pretrain_vae_steps else "")
+                             + f" -> {base_dir}")
 
     # Everything below is seeded afresh, so phase 1 does not depend on whether phase 0 ran in this process.
     random.seed(s.seed)
@@ -616,9 +659,10 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                 row[key] = float(np.mean(vals))
         faces = [i for i, v in enumerate(val_samples) if v.kind == "face"]
         if embedder is not None and faces:
-            a = embedder.embed(_chips(to_tensor([val_samples[i].image for i in faces]).to(device)))
-            b = embedder.embed(_chips(to_tensor([outs[i] for i in faces]).to(device)))
-            row["dlib_mean_sim"] = float(F.cosine_similarity(a, b).mean())
+            boxes = [val_samples[i].box for i in faces]
+            a = embedder.embed(_chips(to_tensor([val_samples[i].image for i in faces]).to(device), boxes))
+            b = embedder.embed(_chips(to_tensor([outs[i] for i in faces]).to(device), boxes))
+            row["dlib_mean_sim"] = float(identity_similarity(a, b).mean())
         if validate is not None:
             row.update({k: (None if v is None else float(v)) for k, v in (validate(val_samples, outs, fake_texts) or {}).items()})
         rows[:] = [r for r in rows if r["step"] != step] + [row]
@@ -674,12 +718,13 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                     faces = [j for j, kd in enumerate(batch.kinds) if kd == "face"]
                     if embedder is not None and s.id_suppress_weight > 0 and faces:
                         fi = torch.tensor(faces, device=device)
+                        boxes = [batch.boxes[j] for j in faces]
                         with torch.no_grad():
-                            e_orig = embedder.embed(_chips(batch.image[fi]))
-                        e_anon = embedder.embed(_chips(composite[fi]))
-                        cos = F.cosine_similarity(e_orig, e_anon)
-                        losses["id_suppress"] = (F.relu(cos - s.id_margin) * w[fi]).sum() / w[fi].sum()
-                        losses["id_cos"] = cos.detach().mean()
+                            e_orig = embedder.embed(_chips(batch.image[fi], boxes))
+                        e_anon = embedder.embed(_chips(composite[fi], boxes))
+                        sim = identity_similarity(e_orig, e_anon)
+                        losses["id_suppress"] = (F.relu(sim - s.id_margin) * w[fi]).sum() / w[fi].sum()
+                        losses["id_sim"] = sim.detach().mean()
                     if disc is not None:
                         losses["adv"] = gan_loss(disc(composite), True, is_disc=False)
             if do_g:
