@@ -588,16 +588,21 @@ def provision(root: Path, wheels_dir: Path, force: bool = False, emoji_font_path
     # 5. The synthetic people (faces of people who do not exist) from MobileStyleGAN.
     from assets.synthetic_people import INDEX, PEOPLE_DIR, provision_people
 
-    people = provision_people(root, force=force, log=_log)
-    index = root / PEOPLE_DIR / INDEX
-    record.add({"path": f"{PEOPLE_DIR}/{INDEX}", "sha256": sha256_file(index), "bytes": index.stat().st_size,
-                "recipe_sha256": people["recipe_sha256"],
-                "source": {"kind": "rendered", "from": MOBILESTYLEGAN_DIR, "package": RANDOM_FACE.project,
-                           "version": RANDOM_FACE.version},
-                "license": "Apache-2.0 (generator); see README *Sample media* for the StyleGAN2/FFHQ lineage",
-                "notes": (f"{len(people['people'])} synthetic people x {people['recipe']['variants']} JPEGs under "
-                          f"{PEOPLE_DIR}/; people.json lists each image's sha256 and YuNet face box and the dlib "
-                          "identity checks (aggregates only).")})
+    from assets.synthetic_people import PRETRAIN_PEOPLE_DIR, PRETRAIN_RECIPE, PeopleRecipe
+
+    for folder, recipe, use in ((PEOPLE_DIR, PeopleRecipe(), "the lineage's face source (unified_coco)"),
+                                (PRETRAIN_PEOPLE_DIR, PeopleRecipe(**PRETRAIN_RECIPE),
+                                 "pretraining of the embedded inpainting stand-in only, never in the lineage")):
+        people = provision_people(root, recipe, force=force, log=_log, folder=folder)
+        index = root / folder / INDEX
+        record.add({"path": f"{folder}/{INDEX}", "sha256": sha256_file(index), "bytes": index.stat().st_size,
+                    "recipe_sha256": people["recipe_sha256"],
+                    "source": {"kind": "rendered", "from": MOBILESTYLEGAN_DIR, "package": RANDOM_FACE.project,
+                               "version": RANDOM_FACE.version},
+                    "license": "Apache-2.0 (generator); see README *Sample media* for the StyleGAN2/FFHQ lineage",
+                    "notes": (f"{len(people['people'])} synthetic people x {people['recipe']['variants']} JPEGs under "
+                              f"{folder}/ for {use}; people.json lists each image's sha256 and YuNet face box and "
+                              "the dlib identity checks (aggregates only).")})
 
     record.save(final=True)
     _log(f"recorded {SOURCES_JSON}  ({len(record.entries)} files)")

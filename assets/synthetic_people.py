@@ -35,6 +35,10 @@ from assets.weights import sha256_file, verify_weights
 RECIPE_VERSION = 1
 MODEL_DIR = "data/models/mobilestylegan"
 PEOPLE_DIR = "data/media/people"
+# One portrait each of other people, never in the lineage: what the embedded inpainting stand-in is pretrained on
+# at set-up (training/anonymizer/stand_in_pretrain.py), so it has seen none of the people it is judged on.
+PRETRAIN_PEOPLE_DIR = "data/media/pretrain_people"
+PRETRAIN_RECIPE = dict(count=64, variants=1, seed=20461, side=128, different_person_min=0.0)  # no identity checks needed
 INDEX = "people.json"
 STYLE_DIM = 512
 MEAN_SAMPLES = 512  # latents averaged into the truncation centre
@@ -176,22 +180,22 @@ def draw_people(gan: MobileStyleGan, face_box: FaceBox, embed: Embed, recipe: Pe
     return people, stats
 
 
-def read_index(root: Path) -> dict:
+def read_index(root: Path, folder: str = PEOPLE_DIR) -> dict:
     """people.json, with every image checked against its recorded sha256."""
-    index_path = root / PEOPLE_DIR / INDEX
+    index_path = root / folder / INDEX
     if not index_path.is_file():
         raise PeopleError(f"{index_path}: missing; run `make setup` (assets.samples makes the synthetic people)")
     doc = json.loads(index_path.read_text())
     for person in doc["people"]:
         for image in person["images"]:
-            path = root / PEOPLE_DIR / image["file"]
+            path = root / folder / image["file"]
             if not path.is_file() or sha256_file(path) != image["sha256"]:
                 raise PeopleError(f"{path}: missing or not the image {index_path} records; run `make setup`")
     return doc
 
 
 def provision_people(root: Path, recipe: PeopleRecipe = PeopleRecipe(), force: bool = False,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, folder: str = PEOPLE_DIR) -> dict:
     """Make (or keep, when people.json records this recipe and every image is intact) the synthetic people."""
     from tqdm import tqdm
 
@@ -201,12 +205,12 @@ def provision_people(root: Path, recipe: PeopleRecipe = PeopleRecipe(), force: b
     root = Path(root)
     model_sha = {name: sha for name, sha in MODEL_FILES.items()}
     digest = recipe.digest(model_sha)
-    out = root / PEOPLE_DIR
+    out = root / folder
     if not force and (out / INDEX).is_file():
         try:
-            doc = read_index(root)
+            doc = read_index(root, folder)
             if doc.get("recipe_sha256") == digest:
-                log(f"ok       {PEOPLE_DIR}/ ({len(doc['people'])} people)")
+                log(f"ok       {folder}/ ({len(doc['people'])} people)")
                 return doc
         except (PeopleError, ValueError, KeyError):
             pass
@@ -225,7 +229,7 @@ def provision_people(root: Path, recipe: PeopleRecipe = PeopleRecipe(), force: b
         faces = dlib.embed(image)
         return np.asarray(faces[0].embedding, dtype=np.float64) if faces else None
 
-    with tqdm(total=recipe.count, desc="synthetic people", unit="person") as bar:
+    with tqdm(total=recipe.count, desc=f"synthetic people -> {folder}", unit="person") as bar:
         people, stats = draw_people(gan, face_box, embed, recipe, bar.update)
     entries = []
     with atomic_dir(out) as tmp:
@@ -245,7 +249,7 @@ def provision_people(root: Path, recipe: PeopleRecipe = PeopleRecipe(), force: b
             "identity_backend": dlib.name, "checks": stats, "people": entries,
         }
         (tmp / INDEX).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    log(f"rendered {PEOPLE_DIR}/ ({len(entries)} people x {recipe.variants}; {stats['renders']} renders; "
+    log(f"rendered {folder}/ ({len(entries)} people x {recipe.variants}; {stats['renders']} renders; "
         f"dlib distance within a person <= {stats['max_distance_within_person']}, between people >= "
         f"{stats['min_distance_between_people']})")
     return doc

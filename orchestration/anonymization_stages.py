@@ -127,8 +127,8 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
     detector_hash = hash_files(DETECTOR_CHECKPOINT) if DETECTOR_CHECKPOINT.is_file() else "none"
     run_key = fingerprint("anonymizer", recipe, params.seed, data_hash, detector_hash)
     settings = _settings(params, WORK / "lora" / run_key, run_key)
-    base_label = ("tiny randomly initialised SD2-inpainting stand-in (same diffusers classes; no SD2 weights "
-                  "offline): its numbers show the loop works, not anonymization quality"
+    base_label = ("tiny SD2-inpainting stand-in (same diffusers classes, pretrained for minutes at set-up; no SD2 "
+                  "weights offline): its numbers show the track works, not SD2's anonymization quality"
                   if info.tiny_random else f"{a.generator.model_id} from {a.generator.model_dir}")
     tracking.set_tags({"anonymizer.base": base_label, "anonymizer.tiny_stand_in": str(info.tiny_random).lower()})
 

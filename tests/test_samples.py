@@ -87,6 +87,7 @@ def test_sources_json_lists_files_with_correct_hashes():
     files = {e["path"]: e for e in json.loads(SOURCES.read_text())["files"]}
     expected = {m.dest for m in samples.MEMBERS} | {
         samples.PLATES_PAN, samples.ASTRONAUT_ZOOM, samples.EMOJI_PNG, samples.EMOJI_LICENSE, "data/media/people/people.json",
+        "data/media/pretrain_people/people.json",
     }
     assert set(files) == expected
     for rel, entry in files.items():

@@ -2,7 +2,7 @@
 
 Phase 0 (pretrain_steps > 0): self-reconstruction. The whole base UNet learns to inpaint each region back to
 its original (plain diffusion loss); with `pretrain_vae_steps` the stand-in's random VAE first learns to
-reconstruct the crops, its latent scale calibrated as SD's was. It exists for the tiny random stand-in base, which otherwise gives the
+reconstruct the crops, its latent scale calibrated as SD's was. It exists for a random stand-in base, which otherwise gives the
 LoRA nothing to adapt; the result is saved as a complete pipeline folder (`work_dir/warm_base/`, swapped in
 atomically) and phase 1 loads THAT folder as its frozen base. It is not checkpointed mid-way: a run killed
 inside it redoes it (it is seeded, so the folder comes out the same); a finished one is reused when its
@@ -260,12 +260,16 @@ def _x0(scheduler, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> 
     ab = scheduler.alphas_cumprod.to(noisy.device)[t].float().view(-1, 1, 1, 1)
     if scheduler.config.prediction_type == "v_prediction":
         return ab.sqrt() * noisy - (1 - ab).sqrt() * pred
+    if scheduler.config.prediction_type == "sample":  # the embedded stand-in predicts x0 itself
+        return pred
     return (noisy - (1 - ab).sqrt() * pred) / ab.sqrt()
 
 
 def _diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if scheduler.config.prediction_type == "v_prediction":
         return scheduler.get_velocity(latents, noise, t)
+    if scheduler.config.prediction_type == "sample":
+        return latents
     return noise
 
 
@@ -351,7 +355,7 @@ def _warm_up_vae(vae, samples: list[RegionSample], s: AnonymizerTrainSettings, d
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr_pretrain, weight_decay=0.0)
     sampler = RegionSampler(len(samples), s.seed + 103)
     gen_ = torch.Generator().manual_seed(s.seed + 104)
-    for step in range(1, s.pretrain_vae_steps + 1):
+    for step in tqdm(range(1, s.pretrain_vae_steps + 1), desc="warm-up: VAE", unit="step", disable=not s.progress):
         image = to_tensor([samples[i].image for i in sampler.next(max(s.batch_size, 8))]).to(device)
         posterior = vae.encode(image).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen_).to(device)
@@ -397,7 +401,7 @@ def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: to
     noise_gen = torch.Generator().manual_seed(s.seed + 102)
     prompts = {k: gen.encode_prompts(comps, [p])[0] for k, p in (("face", s.prompt_face), ("plate", s.prompt_plate))}
     sched = comps.noise_scheduler
-    for step in range(1, s.pretrain_steps + 1):
+    for step in tqdm(range(1, s.pretrain_steps + 1), desc="warm-up: UNet", unit="step", disable=not s.progress):
         picks = sampler.next(s.batch_size)
         image = to_tensor([samples[i].image for i in picks]).to(device)
         mask = torch.from_numpy(np.stack([samples[i].mask for i in picks])).float()[:, None].to(device)
@@ -484,7 +488,7 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
     np.random.seed(s.seed % 2**32)
     torch.manual_seed(s.seed)
     comps = gen.load_inpaint_components(base_dir, s.variant, device, dtype)
-    labels["base"] = (f"{base_dir} (tiny random stand-in: numbers are not meaningful)" if comps.tiny_random
+    labels["base"] = (f"{base_dir} (tiny stand-in, not SD2: numbers show the track works, not SD2's quality)" if comps.tiny_random
                       else str(base_dir))
     labels.update({f"note{i}": n for i, n in enumerate(comps.notes)})
     unet, vae = comps.unet, comps.vae

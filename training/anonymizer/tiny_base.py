@@ -276,33 +276,57 @@ def write_tiny_sdxl_inpaint_base(
     return _save_atomically(Path(out_dir), lambda d: pipe.save_pretrained(d, safe_serialization=True), marker)
 
 
+STAND_IN_SIZES = {"vae_block_out_channels": (32, 64, 64), "sample_size": 16}  # 64 px, latents 4x smaller
+
+
 def main(argv: list[str] | None = None) -> int:
     """Set-up step (`make setup`): write the embedded default's tiny SD2-inpainting base from the pinned
-    open_clip wheel's vocabulary. Skipped when the folder already holds a base of the same seed."""
+    open_clip wheel's vocabulary and, with --pretrain-portraits, pretrain it (training/anonymizer/
+    stand_in_pretrain.py). Skipped when the folder already holds a base of the same seed and recipe."""
     import argparse
+    from dataclasses import asdict
 
     from training.anonymizer.clip_vocab import ClipVocabError, clip_tokenizer_files, find_clip_bpe_source
+    from training.anonymizer.stand_in_pretrain import PretrainRecipe, pretrain_stand_in
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--root", type=Path, default=Path("."), help="checkout whose .cache/wheels holds the wheel")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-portraits", type=Path, default=None,
+                        help="people.json of the portraits to pretrain on (data/media/pretrain_people/people.json)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
+    recipe = PretrainRecipe(seed=args.seed)
+    wanted = {"seed": args.seed, "pretrain_recipe": asdict(recipe) if args.pretrain_portraits else None}
     marker = args.out / TINY_MARKER
-    if not args.force and marker.is_file() and json.loads(marker.read_text()).get("seed") == args.seed:
-        print(f"{args.out}: tiny inpainting base already written (seed {args.seed})")
-        return 0
+    if not args.force and marker.is_file():
+        done = json.loads(marker.read_text())
+        if {"seed": done.get("seed"), "pretrain_recipe": (done.get("pretrained") or {}).get("recipe")} == wanted:
+            print(f"{args.out}: tiny inpainting base already written (seed {args.seed})")
+            return 0
     source = find_clip_bpe_source(args.root)
     if source is None:
         raise SystemExit(f"no open_clip_torch wheel under {args.root / '.cache/wheels'}: run `make setup`")
     try:
         with tempfile.TemporaryDirectory() as tok:
             clip_tokenizer_files(source, tok)
-            write_tiny_inpaint_base(args.out, tok, seed=args.seed)
+            if args.pretrain_portraits is None:
+                write_tiny_inpaint_base(args.out, tok, seed=args.seed)
+            else:
+                pipe = build_tiny_inpaint_pipeline(tok, args.seed, **STAND_IN_SIZES)
+                torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+                record = pretrain_stand_in(pipe, args.pretrain_portraits, recipe)
+                sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in STAND_IN_SIZES.items()}
+                marker_doc = {"tiny_random": True, "variant": "sd2", "seed": args.seed, "sizes": sizes,
+                              "pretrained": record,
+                              "note": "tiny stand-in for stabilityai/stable-diffusion-2-inpainting, pretrained here "
+                                      "at set-up for minutes on a CPU: it shows the track works, not SD2's quality"}
+                _save_atomically(args.out, lambda d: pipe.save_pretrained(d, safe_serialization=True), marker_doc)
     except ClipVocabError as err:
         raise SystemExit(str(err)) from None
-    print(f"{args.out}: tiny random SD2-inpainting base written (seed {args.seed}; a labelled stand-in, not SD2)")
+    print(f"{args.out}: tiny SD2-inpainting stand-in written (seed {args.seed}"
+          f"{', pretrained' if args.pretrain_portraits else ''}; a labelled stand-in, not SD2)")
     return 0
 
 
