@@ -56,6 +56,7 @@ def _settings(params: Params, work_dir: Path, run_key: str):
         plate_text_font_ratio_min=a.plate_text_font_ratio_min, plate_text_font_ratio_max=a.plate_text_font_ratio_max,
         discriminator_enabled=a.discriminator.enabled, discriminator_channels=a.discriminator.channels,
         vgg19_weights=Path(a.vgg19_weights) if a.vgg19_weights else None, seed=params.seed, device=a.device,
+        arcface_pack=Path(a.arcface_pack) if a.arcface_pack else None,
         progress=True,
     )
 
@@ -87,6 +88,10 @@ def _validator(params: Params):
     from training.restorer import pick_device
 
     models = default_models(device="cpu")
+    if params.anonymization.arcface_pack:  # arcface_mean_sim with the embedder the loss uses
+        from training.anonymizer.arcface_torch import load_arcface_embedder
+
+        models["embedder"] = load_arcface_embedder(params.anonymization.arcface_pack)
     detector = None
     if DETECTOR_CHECKPOINT.is_file():
         detector, _ = load_detector(DETECTOR_CHECKPOINT, device=pick_device("cpu"))

@@ -389,7 +389,7 @@ class AnonymizationParams(_Strict):
     perceptual_weight: Annotated[float, Field(ge=0.0)] = 0.1
     # The recipe raises it 0.1 -> 0.25 when identity similarity stays high; too high distorts faces.
     id_suppress_weight: Annotated[float, Field(ge=0.0)] = 0.1
-    id_margin: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0  # cosine similarity tolerated before the loss acts
+    id_margin: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0  # identity similarity (1 - dlib distance) tolerated before the loss acts
     adv_weight: Annotated[float, Field(ge=0.0)] = 0.01  # too high: mode collapse and artefacts
     alternating: AlternatingParams = AlternatingParams()
     lr: AnonymizerLrParams = AnonymizerLrParams()
@@ -407,6 +407,9 @@ class AnonymizationParams(_Strict):
     num_val_samples: PositiveInt = 16
     log_every_steps: PositiveInt = 10
     vgg19_weights: str | None = "weights/vgg19-dcbb9e9d.pth"  # perceptual loss; null = random init (labelled)
+    # insightface buffalo_l folder holding w600k_r50.onnx: ArcFace (onnx2torch) for the identity loss and
+    # arcface_mean_sim; null = the dlib port. Non-commercial licence: never bundled.
+    arcface_pack: str | None = None
     device: str = "auto"
 
     @model_validator(mode="after")

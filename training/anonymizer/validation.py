@@ -106,32 +106,30 @@ def _check(samples: Sequence[RegionSampleLike], anonymized: Sequence[np.ndarray]
 
 
 def face_chips(images: Sequence[np.ndarray], boxes: Sequence[tuple[float, float, float, float]],
-               device: str | torch.device = "cpu") -> torch.Tensor:
+               device: str | torch.device = "cpu", size: int = 150) -> torch.Tensor:
     """(N, 3, 150, 150) float chips in [0, 1] of uint8 RGB crops: the square around each face box, exactly the
     chips the joint loop's identity loss makes (`face_embedder.box_chips`), so the metric scores what the loss
     pushes on."""
     from training.anonymizer.face_embedder import box_chips
 
     crops = [torch.from_numpy(as_rgb(image)).to(device).permute(2, 0, 1).float().div_(255.0) for image in images]
-    return box_chips(torch.stack(crops) if crops else torch.zeros((0, 3, 1, 1), device=device), boxes)
+    return box_chips(torch.stack(crops) if crops else torch.zeros((0, 3, 1, 1), device=device), boxes, size)
 
 
 @torch.no_grad()
 def embedder_mean_similarity(embedder, originals: Sequence[np.ndarray], anonymized: Sequence[np.ndarray],
                              boxes: Sequence[tuple[float, float, float, float]]) -> float:
-    """Mean similarity (1 - distance, `identity_similarity`) of paired crops under the dlib port; NaN for no
-    pairs. Embeddings never leave."""
-    from training.anonymizer.face_embedder import identity_similarity
-
+    """Mean similarity of paired crops under the loss's embedder (its own metric: 1 - distance for the dlib
+    port, cosine for ArcFace); NaN for no pairs. Embeddings never leave."""
     if not originals:
         return NAN
     device = embedder.input_mean.device
     sims: list[torch.Tensor] = []
     for i in range(0, len(originals), EMBED_BATCH):
         part = boxes[i:i + EMBED_BATCH]
-        a = embedder.embed(face_chips(originals[i:i + EMBED_BATCH], part, device)).double()
-        b = embedder.embed(face_chips(anonymized[i:i + EMBED_BATCH], part, device)).double()
-        sims.append(identity_similarity(a, b))
+        a = embedder.embed(face_chips(originals[i:i + EMBED_BATCH], part, device, embedder.chip_size)).double()
+        b = embedder.embed(face_chips(anonymized[i:i + EMBED_BATCH], part, device, embedder.chip_size)).double()
+        sims.append(embedder.similarity(a, b))
         del a, b
     return float(torch.cat(sims).mean())
 
