@@ -38,7 +38,9 @@ import numpy as np
 
 from assets.atomic import write_bytes, write_json
 from assets.detect import YUNET_SHA256
-from assets.synthetic_people import MODEL_DIR as MOBILESTYLEGAN_DIR, MODEL_FILES as MOBILESTYLEGAN_FILES
+from assets.synthetic_people import INDEX, PEOPLE_DIR, PRETRAIN_PEOPLE_DIR, PRETRAIN_RECIPE, PeopleRecipe, provision_people
+from assets.synthetic_people import MODEL_DIR as MOBILESTYLEGAN_DIR
+from assets.synthetic_people import MODEL_FILES as MOBILESTYLEGAN_FILES
 from assets.video import EncoderSettings, VideoError, write_video
 from assets.weights import sha256_file
 
@@ -586,10 +588,6 @@ def provision(root: Path, wheels_dir: Path, force: bool = False, emoji_font_path
                     "license": "OFL-1.1", "notes": "Licence text of the Noto Color Emoji font (from the Debian copyright file)."})
 
     # 5. The synthetic people (faces of people who do not exist) from MobileStyleGAN.
-    from assets.synthetic_people import INDEX, PEOPLE_DIR, provision_people
-
-    from assets.synthetic_people import PRETRAIN_PEOPLE_DIR, PRETRAIN_RECIPE, PeopleRecipe
-
     for folder, recipe, use in ((PEOPLE_DIR, PeopleRecipe(), "the lineage's face source (unified_coco)"),
                                 (PRETRAIN_PEOPLE_DIR, PeopleRecipe(**PRETRAIN_RECIPE),
                                  "pretraining of the embedded inpainting stand-in only, never in the lineage")):

@@ -10,7 +10,6 @@ Plain functions over paths, like `assets.synthetic_plates`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -21,9 +20,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from assets.coco_records import Box, Conversion, ImageRecord, Problem
 from assets.contact_sheet import save_png
-from assets.synthetic_plates import load_background
+from assets.synthetic_people import PeopleError, read_index_file
+from assets.synthetic_plates import load_background, rects_overlap
 from assets.unified_coco import split_groups
-from assets.weights import sha256_file
 
 SOURCE = "synthetic_faces"
 FILE_PATTERN = "face_{index:05d}.png"
@@ -33,21 +32,15 @@ PLACEMENT_TRIES = 40
 
 
 def load_people(index_path: Path) -> list[dict]:
-    """[{id, images: [{path, face_box}]}] from people.json, each image checked against its recorded sha256; a
-    missing or unreadable index or image is a ValueError naming the file."""
+    """[{id, images: [{path, face_box}]}] from people.json, each image checked against its recorded sha256
+    (`synthetic_people.read_index_file`); a missing or unreadable index or image is a ValueError naming the file."""
     index_path = Path(index_path)
     try:
-        doc = json.loads(index_path.read_text())
-        people = [{"id": p["id"], "images": [{"path": index_path.parent / im["file"], "sha256": im["sha256"],
-                                              "face_box": im["face_box"]} for im in p["images"]]} for p in doc["people"]]
-    except FileNotFoundError:
-        raise ValueError(f"{index_path}: missing; run `make setup` (it draws the synthetic people)") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{index_path}: not a people index ({err}); rerun `make setup`") from None
-    for image in (im for p in people for im in p["images"]):
-        if not image["path"].is_file() or sha256_file(image["path"]) != image["sha256"]:
-            raise ValueError(f"{image['path']}: missing or not the image {index_path} records; rerun `make setup`")
-    return people
+        doc = read_index_file(index_path)
+    except PeopleError as err:
+        raise ValueError(str(err)) from None
+    return [{"id": p["id"], "images": [{"path": index_path.parent / im["file"], "face_box": im["face_box"]}
+                                       for im in p["images"]]} for p in doc["people"]]
 
 
 def _patch(portrait: Image.Image, face_box: Sequence[float], face_width: float, flip: bool
@@ -73,10 +66,6 @@ def _patch(portrait: Image.Image, face_box: Sequence[float], face_width: float, 
     return rgb, alpha, box
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def composite_faces(background: np.ndarray, faces: Sequence[tuple[Image.Image, Sequence[float], str]], params,
                     rng: np.random.Generator) -> tuple[np.ndarray, list[Box], int]:
     """(image, face boxes, skipped): each (portrait, face box, person id) pasted where it overlaps no other."""
@@ -94,7 +83,7 @@ def composite_faces(background: np.ndarray, faces: Sequence[tuple[Image.Image, S
             left = int(rng.integers(math.floor(-bx0), max(math.floor(-bx0) + 1, math.floor(W - bx1))))
             top = int(rng.integers(math.floor(-by0), max(math.floor(-by0) + 1, math.floor(H - by1))))
             rect = (left, top, left + pw, top + ph)
-            if not any(_overlaps(rect, o) for o in occupied) and left + bx0 >= 0 and top + by0 >= 0 \
+            if not any(rects_overlap(rect, o) for o in occupied) and left + bx0 >= 0 and top + by0 >= 0 \
                     and left + bx1 <= W and top + by1 <= H:
                 break
         else:

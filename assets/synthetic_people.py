@@ -181,16 +181,22 @@ def draw_people(gan: MobileStyleGan, face_box: FaceBox, embed: Embed, recipe: Pe
 
 
 def read_index(root: Path, folder: str = PEOPLE_DIR) -> dict:
-    """people.json, with every image checked against its recorded sha256."""
-    index_path = root / folder / INDEX
+    """`root/folder/people.json` checked by `read_index_file`."""
+    return read_index_file(root / folder / INDEX)
+
+
+def read_index_file(index_path: Path) -> dict:
+    """A people.json, with every image checked against its recorded sha256; a PeopleError names what is wrong."""
     if not index_path.is_file():
         raise PeopleError(f"{index_path}: missing; run `make setup` (assets.samples makes the synthetic people)")
-    doc = json.loads(index_path.read_text())
-    for person in doc["people"]:
-        for image in person["images"]:
-            path = root / folder / image["file"]
-            if not path.is_file() or sha256_file(path) != image["sha256"]:
-                raise PeopleError(f"{path}: missing or not the image {index_path} records; run `make setup`")
+    try:
+        doc = json.loads(index_path.read_text())
+        images = [(index_path.parent / image["file"], image["sha256"]) for p in doc["people"] for image in p["images"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise PeopleError(f"{index_path}: not a people index ({err}); rerun `make setup`") from None
+    for path, sha in images:
+        if not path.is_file() or sha256_file(path) != sha:
+            raise PeopleError(f"{path}: missing or not the image {index_path} records; run `make setup`")
     return doc
 
 
@@ -203,7 +209,7 @@ def provision_people(root: Path, recipe: PeopleRecipe = PeopleRecipe(), force: b
     from evaluation.identity import DlibIdentity
 
     root = Path(root)
-    model_sha = {name: sha for name, sha in MODEL_FILES.items()}
+    model_sha = dict(MODEL_FILES)
     digest = recipe.digest(model_sha)
     out = root / folder
     if not force and (out / INDEX).is_file():
@@ -212,7 +218,7 @@ def provision_people(root: Path, recipe: PeopleRecipe = PeopleRecipe(), force: b
             if doc.get("recipe_sha256") == digest:
                 log(f"ok       {folder}/ ({len(doc['people'])} people)")
                 return doc
-        except (PeopleError, ValueError, KeyError):
+        except PeopleError:
             pass
     gan = MobileStyleGan(root / MODEL_DIR)
     yunet = YuNetFaces(root / "data/models/yunet/face_detection_yunet_2023mar.onnx", 0.7, recipe.side, 24)

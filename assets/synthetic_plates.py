@@ -301,7 +301,7 @@ def _panel_quad(pw: int, ph: int, rng: np.random.Generator, realism: float) -> n
     return quad @ np.array([[c, s], [-s, c]])
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+def rects_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
@@ -398,7 +398,7 @@ def _place_plate(image: np.ndarray, occupied: list[tuple[int, int, int, int]], p
         corners = quad + (cx, cy)
         reserved = (math.floor(corners[:, 0].min()) - 1, math.floor(corners[:, 1].min()) - 1,
                     math.ceil(corners[:, 0].max()) + 1, math.ceil(corners[:, 1].max()) + 1)
-        if not any(_overlaps(reserved, other) for other in occupied):
+        if not any(rects_overlap(reserved, other) for other in occupied):
             break
     else:
         return None

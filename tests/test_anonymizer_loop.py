@@ -408,3 +408,20 @@ def test_identity_suppression_lowers_identity_similarity_on_val(people_world, tm
     # below dlib's same-person 0.4; the loss pushes further)
     assert with_loss["arcface_mean_sim"] < without["arcface_mean_sim"] - 0.02
     assert with_loss["dlib_mean_sim"] < without["dlib_mean_sim"]
+
+
+def test_vae_warm_up_retrains_and_recalibrates_the_base_vae(world, tmp_path):
+    """`pretrain_vae_steps`: the warmed base's VAE differs from the random one and its latent scale is measured."""
+    from safetensors.torch import load_file
+
+    from training.anonymizer.joint_loop import train_anonymizer
+
+    result = train_anonymizer(settings(world, tmp_path / "v", discriminator_enabled=False, adv_weight=0.0,
+                                       pretrain_steps=1, pretrain_vae_steps=2, max_steps=1, num_val_samples=0,
+                                       save_every_steps=1))
+    assert "2 VAE reconstruction steps" in result.labels["warm_up"]
+    before, after = (json.loads((Path(d) / "vae/config.json").read_text())["scaling_factor"]
+                     for d in (world["base"], result.base_dir))
+    assert after != before and after > 0
+    old, new = (load_file(str(Path(d) / "vae/diffusion_pytorch_model.safetensors")) for d in (world["base"], result.base_dir))
+    assert any(not torch.equal(old[k], new[k]) for k in old)

