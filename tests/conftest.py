@@ -17,10 +17,11 @@ YUNET = ROOT / "data/models/yunet/face_detection_yunet_2023mar.onnx"
 EMOJI = ROOT / "data/media/eggplant/emoji_u1f346.png"
 SAMPLE_RAW = ROOT / "data/raw"
 PEOPLE = ROOT / "data/media/people/people.json"
+DETECTOR_BASE = ROOT / "data/models/detector-base/detector.pth"
 
 
 def need_media() -> None:
-    missing = [p for p in (YUNET, EMOJI, PEOPLE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
+    missing = [p for p in (YUNET, EMOJI, PEOPLE, DETECTOR_BASE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
     if missing:
         pytest.fail(f"sample media not provisioned ({missing[0]}); run `make setup` (make test does it)")
 
@@ -39,6 +40,8 @@ class Project:
         doc["detection"]["yunet_model"] = str(YUNET)
         doc["eggplant"]["emoji_png"] = str(EMOJI)
         doc["coco"]["synthetic_faces"]["people_index"] = str(PEOPLE)
+        if doc["profiles"]["embedded"]["detector"].get("init_from"):
+            doc["profiles"]["embedded"]["detector"]["init_from"] = str(DETECTOR_BASE)
         doc["mlflow"]["enabled"] = False
         for dotted, value in sections.items():
             node = doc

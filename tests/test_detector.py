@@ -311,3 +311,31 @@ def test_settings_follow_the_params_detector_section(tmp_path):
     s = settings_from_params(params, tmp_path / "train.json", tmp_path / "images", tmp_path / "work", "data-hash", seed=3)
     assert (s.arch, s.min_size, s.max_size, s.batch_size, s.max_iters, s.lr, s.seed) == ("fcos_resnet18_fpn", 320, 480, 4, 300, 0.01, 3)
     assert s.checkpoint_interval == 100 and s.sample_interval is None and s.optimizer == "sgd" and s.pretrained_backbone is None
+
+
+def test_init_from_fine_tunes_a_whole_detector_and_refuses_a_misfit(trained, shapes, tmp_path):
+    from pydantic import ValidationError
+
+    from orchestration.config import DetectorParams
+
+    model, _ = det.load_detector(trained[0].checkpoint)
+    base = det.save_detector(model, tmp_path / "base.pth", {"about": "a test base"})
+    # lr ~ 0: the fine-tuned run ends where its start was, so the start really was the base's weights.
+    tuned = train_detector(settings(shapes, tmp_path / "tuned", init_from=base, lr=1e-12, max_iters=2, log_interval=1))
+    assert "fine-tuned from" in tuned.labels["init"] and "a test base" in tuned.labels["init"]
+    got = torch.load(tuned.checkpoint, weights_only=True)["state_dict"]
+    want = {k: v.detach() for k, v in model.named_parameters()}  # BatchNorm's running stats move in train mode
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    random_start = train_detector(settings(shapes, tmp_path / "random", lr=1e-12, max_iters=2, log_interval=1))
+    assert tuned.history[0]["loss"] < 0.8 * random_start.history[0]["loss"]
+
+    with pytest.raises(det.DetectorError, match=r"base\.pth.*fpn_channels: file 64, config 32"):
+        train_detector(settings(shapes, tmp_path / "misfit", init_from=base, fpn_channels=32, max_iters=1))
+    with pytest.raises(ValueError, match="init_from and pretrained_backbone are both set"):
+        train_detector(settings(shapes, tmp_path / "both", init_from=base, pretrained_backbone=base, max_iters=1))
+    with pytest.raises(ValidationError, match="init_from and pretrained_backbone are both set"):
+        DetectorParams(init_from="a.pth", pretrained_backbone="b.pth")
+    from assets.weights import WeightsError
+
+    with pytest.raises(WeightsError, match=r"missing\.pth: weights file not found; point detector\.init_from"):
+        train_detector(settings(shapes, tmp_path / "gone", init_from=tmp_path / "missing.pth", max_iters=1))

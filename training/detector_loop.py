@@ -50,6 +50,8 @@ class DetectorTrainSettings:
     fpn_channels: int = 256  # FPN/head width; torchvision's 256
     pretrained_backbone: Path | None = None
     pretrained_sha256: str | None = None
+    init_from: Path | None = None  # a whole detector (`save_detector` file) to fine-tune instead of a fresh head
+    init_sha256: str | None = None
     min_size: int = 512
     max_size: int = 853
     batch_size: int = 8
@@ -96,7 +98,8 @@ def recipe(s: DetectorTrainSettings) -> dict:
             "momentum", "weight_decay", "clip_grad_norm", "max_iters", "flip", "seed")
     out = {k: getattr(s, k) for k in keys}
     out.update({"warmup_iters": warmup_of(s), "scale_jitter": list(s.scale_jitter),
-                "pretrained_backbone": str(s.pretrained_backbone) if s.pretrained_backbone else None})
+                "pretrained_backbone": str(s.pretrained_backbone) if s.pretrained_backbone else None,
+                "init_from": str(s.init_from) if s.init_from else None})
     return out
 
 
@@ -121,6 +124,23 @@ def _validate(s: DetectorTrainSettings) -> None:
             raise ValueError(f"detector {name} must be >= 1, got {getattr(s, name)}")
     if s.lr <= 0:
         raise ValueError(f"detector lr must be > 0, got {s.lr}")
+    if s.init_from is not None and s.pretrained_backbone is not None:
+        raise ValueError("detector init_from and pretrained_backbone are both set; a fine-tuned start already holds "
+                         "its backbone -- set one of them")
+
+
+def _init_from(model: torch.nn.Module, s: DetectorTrainSettings) -> dict:
+    """Load a whole pretrained detector into `model` (same structure, strictly); its meta back."""
+    state = det.read_weights(s.init_from, s.init_sha256, "point detector.init_from at a detector .pth (e.g. the one "
+                             "`make setup` pretrains) or set it to null")
+    meta = state.get("meta") or {}
+    want = model.spec.meta()
+    clash = [f"{k}: file {meta.get(k)!r}, config {want[k]!r}" for k in ("arch", "num_classes", "fpn_channels", "frozen_bn")
+             if meta.get(k) != want[k]]
+    if clash:
+        raise det.DetectorError(f"{s.init_from}: detector.init_from does not fit the configured detector ({'; '.join(clash)})")
+    det.load_strict(model, state["state_dict"], f"{s.init_from} (detector.init_from)")
+    return meta
 
 
 def _optimizer(model: torch.nn.Module, s: DetectorTrainSettings) -> torch.optim.Optimizer:
@@ -151,9 +171,15 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
     model = det.build_detector(s.arch, s.num_classes, s.pretrained_backbone, s.pretrained_sha256, s.min_size, s.max_size,
                                fpn_channels=s.fpn_channels)
     spec = model.spec
+    if s.init_from is not None:
+        base = _init_from(model, s)
+        init = f"{s.arch}: fine-tuned from {s.init_from}" + (f" ({base['about']})" if base.get("about") else "")
+    elif s.pretrained_backbone:
+        init = f"{s.arch}: ImageNet backbone from {s.pretrained_backbone}"
+    else:
+        init = f"{s.arch}: random init (no pretrained weights offline)"
     model.to(device).train()
-    labels = {"init": f"{s.arch}: ImageNet backbone from {s.pretrained_backbone}" if s.pretrained_backbone
-              else f"{s.arch}: random init (embedded default: no pretrained weights offline)",
+    labels = {"init": init,
               "data": f"{len(train_data)} train images, {train_data.box_count()} boxes ({s.train_json})"}
     opt = _optimizer(model, s)
     warmup = warmup_of(s)
@@ -328,7 +354,8 @@ def settings_from_params(params, train_json: Path, train_images: Path, work_dir:
         train_json=Path(train_json), train_images=Path(train_images), work_dir=Path(work_dir), fingerprint=fingerprint,
         val_json=Path(val_json) if val_json else None, val_images=Path(val_images) if val_images else None,
         arch=params.arch, pretrained_backbone=Path(params.pretrained_backbone) if params.pretrained_backbone else None,
-        pretrained_sha256=params.pretrained_sha256, min_size=params.min_size, max_size=params.max_size,
+        pretrained_sha256=params.pretrained_sha256, init_from=Path(params.init_from) if params.init_from else None,
+        init_sha256=params.init_sha256, min_size=params.min_size, max_size=params.max_size,
         batch_size=params.batch_size, lr=params.lr, max_iters=params.max_iters, log_interval=params.log_interval,
         checkpoint_interval=params.checkpoint_interval, score_threshold=params.score_threshold, device=params.device,
         amp=params.amp, seed=seed,
