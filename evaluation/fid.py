@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -172,16 +172,39 @@ def _frechet_eigh(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: 
     W^1/2 V^T S2 V W^1/2, and tr(sqrt(S1 S2)) is the sum of their square roots. Eigenvalues at rounding level
     (the null space of a rank-deficient covariance) count as 0 instead of adding their square roots, so
     identical statistics give 0 up to ~1e-10, and k <= n - 1 keeps the second eigendecomposition small."""
-    tiny = np.finfo(np.float64).eps * len(mu1)
+    return _frechet_from_basis(mu1, sigma1, _eigh_basis(sigma1), mu2, sigma2)
+
+
+def _eigh_basis(sigma1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(V restricted to the non-zero eigenvalues of S1, their square roots): the costly half of `_frechet_eigh`."""
+    tiny = np.finfo(np.float64).eps * len(sigma1)
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     keep = w > max(w.max(), 0.0) * tiny
-    root_w = np.sqrt(w[keep])
-    vk = v[:, keep]
+    return v[:, keep], np.sqrt(w[keep])
+
+
+def _frechet_from_basis(mu1: np.ndarray, sigma1: np.ndarray, basis: tuple[np.ndarray, np.ndarray], mu2: np.ndarray,
+                        sigma2: np.ndarray) -> float:
+    vk, root_w = basis
+    tiny = np.finfo(np.float64).eps * len(mu1)
     inner = (vk.T @ ((sigma2 + sigma2.T) / 2) @ vk) * root_w[:, None] * root_w[None, :]
     e = np.linalg.eigvalsh((inner + inner.T) / 2) if len(root_w) else np.zeros(0)
     e = e[e > max(e.max(initial=0.0), 0.0) * tiny]
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(e).sum())
+
+
+def distance_to_reference(reference_features: np.ndarray) -> Callable[[np.ndarray], float]:
+    """FID ("eigh" method) of feature sets to one fixed reference set, its eigendecomposition done once: the
+    anonymization report compares every method with the same originals."""
+    mu1, sigma1 = statistics(reference_features)
+    basis = _eigh_basis(sigma1)
+
+    def distance(features_b: np.ndarray) -> float:
+        mu2, sigma2 = statistics(features_b)
+        return _frechet_from_basis(mu1, sigma1, basis, mu2, sigma2)
+
+    return distance
 
 
 FRECHET_METHODS = ("pytorch-fid", "eigh")

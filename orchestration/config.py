@@ -376,6 +376,16 @@ class AnonymizerCheckpointParams(_Strict):
     save_every_steps: PositiveInt = 500
 
 
+class AnonymizationReportParams(_Strict):
+    """`anonymization_report`: the trained anonymizer against blur, pixelation and fill on the val split."""
+
+    max_images: PositiveInt = 200  # val images (half with faces where there are enough), every region in them
+    max_plates: PositiveInt = 100  # EasyOCR reads per method (~0.5-1 s each on a CPU)
+    face_steps: PositiveInt = 25  # DDIM steps from noise for faces (plates: plate_steps from the text anchor)
+    grid_rows: PositiveInt = 6  # per category: original | blur | pixelate | fill | anonymizer
+    register_model: bool = True  # register the LoRA as MLflow model `face-plate-anonymizer`, alias challenger
+
+
 class AnonymizationParams(_Strict):
     """`lora_checkpoint`: SD2 inpainting + LoRA, trained jointly with a discriminator and the face/plate detector
     (the "Plan B" recipe; knob names as the recipe spells them)."""
@@ -420,6 +430,7 @@ class AnonymizationParams(_Strict):
     # arcface_mean_sim; null = the dlib port. Non-commercial licence: never bundled.
     arcface_pack: str | None = None
     device: str = "auto"
+    report: AnonymizationReportParams = AnonymizationReportParams()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -453,6 +464,15 @@ class CompareRule(_Strict):
     better: Literal["higher", "lower"] = "higher"
     # The challenger must beat the champion by at least this much (0 = "not worse").
     margin: Annotated[float, Field(ge=0)] = 0.0
+    # ...or may be worse by at most this much (FID's noise on a small val set): "not worse by more than".
+    tolerance: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_slack(self) -> "CompareRule":
+        if self.margin > 0 and self.tolerance > 0:
+            raise ValueError(f"compare rule on {self.metric!r}: set margin (must beat by) or tolerance (may trail by), "
+                             "not both")
+        return self
 
 
 class FloorRule(_Strict):
@@ -479,6 +499,10 @@ def _default_gates() -> dict[str, ModelGate]:
         "eggplant-restorer": ModelGate(compare=(CompareRule(metric="output_psnr_region", margin=0.1),),
                                        floors=(FloorRule(metric="psnr_region_gain_db", min=0.0),)),
         "face-plate-detector": ModelGate(compare=(CompareRule(metric="AP50"),), floors=(FloorRule(metric="AP50", min=0.05),)),
+        "face-plate-anonymizer": ModelGate(
+            compare=(CompareRule(metric="fid_image", better="lower", tolerance=5.0), CompareRule(metric="reid_rate", better="lower")),
+            floors=(FloorRule(metric="reid_rate", max=0.1), FloorRule(metric="orig_text_read_rate", max=0.1),
+                    FloorRule(metric="fake_text_char_acc", min=0.5), FloorRule(metric="map_retention", min=0.5))),
     }
 
 

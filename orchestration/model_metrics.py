@@ -10,6 +10,11 @@ from __future__ import annotations
 
 RESTORER = "eggplant-restorer"
 DETECTOR = "face-plate-detector"
+ANONYMIZER = "face-plate-anonymizer"
+ANONYMIZATION_METHODS = ("blur", "pixelate", "fill")  # the baselines, logged with their name as prefix
+_ANONYMIZATION = ("id_mean_sim", "reid_rate", "faces", "orig_text_read_rate", "fake_text_exact", "fake_text_char_acc",
+                  "plates", "fid_image", "fid_region", "AP50", "AP50_face", "AP50_plate", "map_retention",
+                  "map_retention_face", "map_retention_plate")
 
 _RESTORATION_BASE = ("psnr", "ssim", "psnr_region", "ssim_region", "psnr_region_pooled")
 _DETECTION_CATEGORIES = ("face", "plate")
@@ -24,5 +29,11 @@ REPORT_METRICS: dict[str, frozenset[str]] = {
     DETECTOR: frozenset(
         ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "images", "gt_boxes"]
         + [f"{m}_{c}" for m in ("AP", "AP50", "AP75", "AR100") for c in _DETECTION_CATEGORIES]
+    ),
+    # anonymization_report: the anonymizer's figures unprefixed, each baseline's as `<method>_<metric>`, and the
+    # originals' own (evaluation/anonymization_eval.py)
+    ANONYMIZER: frozenset(
+        list(_ANONYMIZATION) + [f"{m}_{k}" for m in ANONYMIZATION_METHODS for k in _ANONYMIZATION]
+        + ["images", "regions", "original_AP50", "original_AP50_face", "original_AP50_plate", "original_text_read_rate"]
     ),
 }

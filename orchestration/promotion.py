@@ -83,11 +83,14 @@ def decide(gate: ModelGate, challenger: dict[str, float], champion: dict[str, fl
                                         f"{rule.metric}: missing from the {who}'s evaluation run"))
                 continue
             gain = ours - theirs if rule.better == "higher" else theirs - ours
-            passed = gain >= rule.margin
-            relation = "beats" if passed else "does not beat"
+            passed = gain >= rule.margin - rule.tolerance
+            if rule.tolerance:
+                relation = "within" if passed else "beyond"
+                how = f"{relation} the tolerance {rule.tolerance:g} of it (gain {gain:+.4g})"
+            else:
+                how = f"{'beats' if passed else 'does not beat'} it by the margin {rule.margin:g} (gain {gain:+.4g})"
             checks.append(RuleCheck("compare", rule.metric, ours, theirs, passed,
-                                    f"{rule.metric}: {ours:.4g} vs champion {theirs:.4g} ({rule.better} is better): "
-                                    f"{relation} it by the margin {rule.margin:g} (gain {gain:+.4g})"))
+                                    f"{rule.metric}: {ours:.4g} vs champion {theirs:.4g} ({rule.better} is better): {how}"))
     return all(c.passed for c in checks), checks
 
 

@@ -260,3 +260,28 @@ def register_pytorch_model(params: Params, model, name: str, alias: str = "chall
     client(params).set_registered_model_alias(name, alias, version.version)
     return {"registered": True, "model": name, "version": int(version.version), "alias": alias,
             "model_uri": f"models:/{name}/{version.version}", "run_id": run.info.run_id}
+
+
+def register_pyfunc_model(params: Params, python_model, artifacts: dict[str, str], name: str, alias: str = "challenger",
+                          tags: dict | None = None, model_config: dict | None = None) -> dict:
+    """Log `python_model` (an `mlflow.pyfunc.PythonModel`) with `artifacts` on the active run and register it as
+    a new version of `name`, aliased `alias`; the project's `inference`, `training` and `assets` packages ride
+    along (the model's code, fonts included)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return {"registered": False, "reason": "tracking disabled"}
+    import assets
+    import inference
+    import training
+
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=python_model, artifacts=artifacts, model_config=model_config or {},
+        code_paths=[str(Path(m.__file__).parent) for m in (inference, training, assets)],
+        pip_requirements=["torch", "torchvision", "diffusers", "transformers", "peft", "opencv-python-headless", "pillow"],
+    )
+    version = mlflow.register_model(info.model_uri, name, tags=tags or {})
+    client(params).set_registered_model_alias(name, alias, version.version)
+    return {"registered": True, "model": name, "version": int(version.version), "alias": alias,
+            "model_uri": f"models:/{name}/{version.version}", "run_id": run.info.run_id}

@@ -35,6 +35,21 @@ def test_challenger_must_beat_the_champion_by_the_margin():
     assert decide(GATE, {"output_psnr_region": 15.2, "psnr_region_gain_db": 0.3}, champion)[0]
 
 
+def test_the_anonymizer_gate_tolerates_fid_noise_and_names_the_privacy_floor_it_fails():
+    gate = load_params(ROOT / "params.yaml", {"profile": "full"}).promotion.models["face-plate-anonymizer"]
+    good = {"reid_rate": 0.0, "orig_text_read_rate": 0.0, "fake_text_char_acc": 0.8, "map_retention": 0.9, "fid_image": 42.0}
+    assert decide(gate, good, None)[0]
+    champion = {**good, "fid_image": 40.0}
+    passed, checks = decide(gate, good, champion)  # FID 2 worse: within the tolerance of 5
+    assert passed and "within the tolerance 5" in next(c.reason for c in checks if c.metric == "fid_image")
+    assert not decide(gate, {**good, "fid_image": 46.0}, champion)[0]
+    leaky = {**good, "reid_rate": 0.4}
+    passed, checks = decide(gate, leaky, None)
+    assert not passed and "reid_rate = 0.4 is above the ceiling 0.1" in [c.reason for c in checks if not c.passed]
+    with pytest.raises(ValueError, match="margin .* or tolerance"):
+        CompareRule(metric="fid_image", margin=1.0, tolerance=1.0)
+
+
 def test_lower_is_better_and_missing_metrics_fail_with_a_reason():
     gate = ModelGate(compare=(CompareRule(metric="AP50", better="lower"),))
     assert decide(gate, {"AP50": 0.1}, {"AP50": 0.2})[0]
