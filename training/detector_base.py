@@ -24,7 +24,6 @@ import numpy as np
 
 BASE_FILE = "detector.pth"
 MARKER = "base.json"
-GENERIC_IMAGES = ("rocket", "coffee", "chelsea", "camera", "coins", "text", "page", "brick", "grass", "gravel")
 
 
 @dataclass(frozen=True)
@@ -65,25 +64,15 @@ def _code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_backgrounds(out: Path, recipe: BaseRecipe) -> list[Path]:
     """`recipe.backgrounds` random crops (50-100 % of the short side, flipped at random) of scikit-image's
     bundled pictures as PNGs; none holds a face or a plate (astronaut, the one with a face, is not among them)."""
-    import skimage.data
     from PIL import Image
 
+    from assets.skimage_pictures import generic_images
+
     rng = np.random.default_rng([recipe.seed, 0xBA5E])
-    pictures = []
-    for name in GENERIC_IMAGES:
-        image = np.asarray(getattr(skimage.data, name)())
-        pictures.append(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3])
+    pictures = generic_images()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(recipe.backgrounds):
@@ -126,6 +115,7 @@ def pretrain_base(people_index: Path, out: Path, recipe: BaseRecipe = BaseRecipe
     """Build the data, train (resuming from `work_root/detector-base/<fingerprint>` if interrupted), evaluate on
     the held-out people, and write `out/detector.pth` and `out/base.json` atomically; returns the marker."""
     from assets.atomic import atomic_dir, write_json
+    from assets.weights import sha256_file
     from evaluation.detection_map import evaluate
     from training.detector import evaluate_coco, load_detector, save_detector
     from training.detector_loop import DetectorTrainSettings, train_detector
@@ -158,8 +148,8 @@ def pretrain_base(people_index: Path, out: Path, recipe: BaseRecipe = BaseRecipe
         marker = {
             "about": about, "recipe": asdict(recipe), "code_sha256": _code_hash(), "data_sha256": data_hash,
             "data": {k: v for k, v in counts.items() if isinstance(v, (int, float))},
-            "people_index": str(people_index), "people_index_sha256": _sha256(Path(people_index)),
-            "file": BASE_FILE, "file_sha256": _sha256(tmp / BASE_FILE), "seconds": round(result.seconds, 1),
+            "people_index": str(people_index), "people_index_sha256": sha256_file(people_index),
+            "file": BASE_FILE, "file_sha256": sha256_file(tmp / BASE_FILE), "seconds": round(result.seconds, 1),
             "held_out": {k: round(float(v), 4) for k, v in scores.items()
                          if k.startswith("AP") and isinstance(v, (int, float))},
         }

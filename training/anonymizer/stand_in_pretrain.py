@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from assets.skimage_pictures import GENERIC_IMAGES, generic_images
 from assets.weights import sha256_file
 from training.anonymizer.data import crop_region, region_mask
 from training.anonymizer.plate_anchor import encode, mask_latent, masked_image, to_tensor
@@ -60,21 +61,6 @@ def _portraits(index_path: Path) -> list[tuple[np.ndarray, tuple[float, float, f
         for image in person["images"]:
             with Image.open(index_path.parent / image["file"]) as im:
                 out.append((np.asarray(im.convert("RGB")), tuple(float(v) for v in image["face_box"])))
-    return out
-
-
-# scikit-image's bundled sample images (public domain / CC0, skimage/data/README) that the lineage never uses
-# (it uses astronaut): backgrounds, textures and printed text for the plate-like holes.
-GENERIC_IMAGES = ("rocket", "coffee", "chelsea", "camera", "coins", "text", "page", "brick", "grass", "gravel")
-
-
-def _generic_images() -> list[np.ndarray]:
-    import skimage.data
-
-    out = []
-    for name in GENERIC_IMAGES:
-        image = np.asarray(getattr(skimage.data, name)())
-        out.append(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3])
     return out
 
 
@@ -158,7 +144,7 @@ def pretrain_stand_in(pipe, portraits_index: Path, recipe: PretrainRecipe = Pret
     from diffusers import DDIMScheduler
 
     torch.manual_seed(recipe.seed)
-    portraits, frames = _portraits(portraits_index), _generic_images()
+    portraits, frames = _portraits(portraits_index), generic_images()
     if not portraits:
         raise ValueError(f"{portraits_index}: no portraits; run `make setup`")
     examples = _Examples(portraits, frames, recipe)
