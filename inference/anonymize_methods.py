@@ -143,15 +143,11 @@ class LoraAnonymizer:
 
     def region_crop(self, image: np.ndarray, region: Region):
         """(crop, mask, forward affine) of one region at the model's resolution."""
-        from training.anonymizer.data import crop_region
+        from training.anonymizer.data import crop_affine, crop_region, crop_window
         from training.anonymizer.data import region_mask as crop_mask
 
-        x, y, w, h = region.box
         crop, box = crop_region(image, region.box, self.resolution, self.context_pad)
-        side = max(w, h) * (1.0 + 2.0 * self.context_pad)
-        scale = self.resolution / side
-        left, top = x + w / 2 - side / 2, y + h / 2 - side / 2
-        forward = np.array([[scale, 0, -left * scale], [0, scale, -top * scale]], np.float64)
+        forward = crop_affine(*crop_window(region.box, self.resolution, self.context_pad))
         return crop, crop_mask(region.kind, box, self.resolution), forward
 
     def __call__(self, image: np.ndarray, regions: Sequence[Region]) -> Anonymized:

@@ -73,21 +73,31 @@ def _load_rgb(path: Path, coco_json: Path) -> np.ndarray:
         raise RegionDataError(f"{coco_json}: cannot read image {path} ({err})") from None
 
 
+def crop_window(bbox_xywh: tuple[float, float, float, float], resolution: int,
+                context_pad: float) -> tuple[float, float, float]:
+    """(left, top, scale) of the square crop around a box with its context: image pixel (u, v) lands at
+    ((u - left) * scale, (v - top) * scale) in the `resolution` px crop."""
+    x, y, w, h = bbox_xywh
+    side = max(w, h) * (1.0 + 2.0 * context_pad)
+    return x + w / 2 - side / 2, y + h / 2 - side / 2, resolution / side
+
+
+def crop_affine(left: float, top: float, scale: float) -> np.ndarray:
+    return np.array([[scale, 0, -left * scale], [0, scale, -top * scale]], np.float64)
+
+
 def crop_region(rgb: np.ndarray, bbox_xywh: tuple[float, float, float, float], resolution: int,
                 context_pad: float) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The square crop around a box and the box in the crop's (resized) pixel coordinates."""
     x, y, w, h = bbox_xywh
-    side = max(w, h) * (1.0 + 2.0 * context_pad)
-    cx, cy = x + w / 2, y + h / 2
-    left, top = cx - side / 2, cy - side / 2
-    scale = resolution / side
+    left, top, scale = crop_window(bbox_xywh, resolution, context_pad)
     # One affine warp crops, fills the outside and resizes. A linear warp aliases when it shrinks a lot; a
     # blur about the shrink factor wide first stands in for area averaging.
     if scale < 0.5:
         k = int(round(1 / scale)) | 1
         rgb = cv2.GaussianBlur(rgb, (k, k), 0)
-    m = np.array([[scale, 0, -left * scale], [0, scale, -top * scale]], np.float64)
-    crop = cv2.warpAffine(rgb, m, (resolution, resolution), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    crop = cv2.warpAffine(rgb, crop_affine(left, top, scale), (resolution, resolution), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
     box = ((x - left) * scale, (y - top) * scale, (x + w - left) * scale, (y + h - top) * scale)
     return crop, tuple(float(v) for v in box)
 
