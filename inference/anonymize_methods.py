@@ -113,7 +113,8 @@ class LoraAnonymizer:
 
     def __init__(self, base_dir: str | Path, lora_dir: str | Path, *, resolution: int, context_pad: float,
                  face_steps: int, plate_steps: int, plate_text_anchor_strength: float, font_ratio: tuple[float, float],
-                 prompt_face: str, prompt_plate: str, device: str = "cpu", separate_adapters: bool = False):
+                 prompt_face: str, prompt_plate: str, device: str = "cpu", separate_adapters: bool = False,
+                 batch_size: int = 4):
         import torch
         from diffusers import StableDiffusionInpaintPipeline
 
@@ -133,6 +134,7 @@ class LoraAnonymizer:
         self.face_steps, self.plate_steps = int(face_steps), int(plate_steps)
         self.strength, self.font_ratio = float(plate_text_anchor_strength), tuple(font_ratio)
         self.separate = separate_adapters and {"face", "plate"} <= set(self.adapters)
+        self.batch_size = max(1, int(batch_size))
         with torch.no_grad():
             self.prompts = {k: self._encode(p) for k, p in (("face", prompt_face), ("plate", prompt_plate))}
 
@@ -151,41 +153,74 @@ class LoraAnonymizer:
         return crop, crop_mask(region.kind, box, self.resolution), forward
 
     def __call__(self, image: np.ndarray, regions: Sequence[Region]) -> Anonymized:
+        painted, texts = self.paint(image, regions)
+        return Anonymized(painted, texts)
+
+    def _job(self, image: np.ndarray, region: Region, start: np.ndarray | None, track_strength: float) -> dict:
+        """What one region needs: its crop, mask and warp, where denoising starts, how far and how many steps.
+        Fresh: a face from pure noise, a plate from its rendered fake text. With `start` (the previous output
+        frame, the region barely moved): from `start`'s pixels there, re-noised to the share `track_strength`
+        of the fresh path's noise level, with that share of its steps (the same schedule spacing)."""
+        from training.anonymizer.plate_anchor import render_anchor
+
+        crop, mask, forward = self.region_crop(image, region)
+        text, init = None, crop
+        if region.kind == "plate":
+            init, text = render_anchor(crop, mask, np.random.default_rng(int(region.seed)), *self.font_ratio)
+            strength, steps = self.strength, self.plate_steps
+        else:
+            strength, steps = 1.0, self.face_steps
+        if start is not None:
+            init = self.region_crop(start, region)[0]
+            share = min(1.0, max(1e-3, float(track_strength)))
+            strength, steps = strength * share, max(1, int(round(steps * share)))
+        return {"region": region, "crop": crop, "mask": mask, "forward": forward, "init": init, "text": text,
+                "strength": strength, "steps": steps}
+
+    def _denoise(self, jobs: list[dict]) -> list[np.ndarray]:
         import torch
 
-        from training.anonymizer.plate_anchor import anchored_denoise, denoise_region, render_anchor, to_tensor, to_uint8
+        from training.anonymizer.plate_anchor import denoise_region, to_tensor, to_uint8
 
+        kind, strength, steps = jobs[0]["region"].kind, jobs[0]["strength"], jobs[0]["steps"]
+        if self.separate:
+            self.pipe.set_adapters(kind)
+        masks = torch.from_numpy(np.stack([j["mask"] for j in jobs])).float()[:, None].to(self.device)
+        prompt = self.prompts[kind].expand(len(jobs), -1, -1)
+        generators = [torch.Generator().manual_seed(int(j["region"].seed)) for j in jobs]
+        with torch.no_grad():
+            painted = denoise_region(self.pipe.unet, self.pipe.vae, self.pipe.scheduler.config, prompt,
+                                     to_tensor([j["crop"] for j in jobs]).to(self.device),
+                                     to_tensor([j["init"] for j in jobs]).to(self.device), masks,
+                                     strength=strength, steps=steps, generator=generators)
+        return to_uint8(painted)
+
+    def paint(self, image: np.ndarray, regions: Sequence[Region], starts: Sequence[np.ndarray | None] | None = None,
+              strength: float = 0.5) -> tuple[np.ndarray, list[str | None]]:
+        """(image with every region replaced, fake text per region). Regions of one kind and schedule are
+        denoised `batch_size` at a time; each keeps its own seed's noise, so batching does not pick faces."""
         _check(image, regions)
+        starts = list(starts) if starts is not None else [None] * len(regions)
+        jobs = [self._job(image, r, s, strength) for r, s in zip(regions, starts)]
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault((j["region"].kind, j["strength"], j["steps"]), []).append(i)
+        results: dict[int, np.ndarray] = {}
+        for members in groups.values():
+            for k in range(0, len(members), self.batch_size):
+                chunk = members[k:k + self.batch_size]
+                results.update(zip(chunk, self._denoise([jobs[i] for i in chunk])))
         out = image.copy()
-        texts: list[str | None] = []
         H, W = image.shape[:2]
-        for r in regions:
-            crop, mask, forward = self.region_crop(out, r)
-            g = torch.Generator().manual_seed(int(r.seed))
-            m = torch.from_numpy(mask).float()[None, None].to(self.device)
-            original = to_tensor([crop]).to(self.device)
-            if self.separate:
-                self.pipe.set_adapters(r.kind)
-            with torch.no_grad():
-                if r.kind == "plate":
-                    anchor, text = render_anchor(crop, mask, np.random.default_rng(int(r.seed)), *self.font_ratio)
-                    painted = anchored_denoise(self.pipe.unet, self.pipe.vae, self.pipe.scheduler.config,
-                                               self.prompts["plate"], original, to_tensor([anchor]).to(self.device), m,
-                                               plate_text_anchor_strength=self.strength, plate_steps=self.plate_steps,
-                                               generator=g)
-                else:
-                    text = None
-                    painted = denoise_region(self.pipe.unet, self.pipe.vae, self.pipe.scheduler.config,
-                                             self.prompts["face"], original, original, m, strength=1.0,
-                                             steps=self.face_steps, generator=g)
-            back = cv2.warpAffine(to_uint8(painted)[0], forward, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        for i, j in enumerate(jobs):  # pasted in region order: a later region wins where two overlap
+            r = j["region"]
+            back = cv2.warpAffine(results[i], j["forward"], (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REPLICATE)
             inside = region_mask(r.kind, r.box, image.shape)
             k = max(1, int(round(FEATHER_RATIO * min(r.box[2], r.box[3])))) * 2 + 1
             alpha = cv2.GaussianBlur(inside.astype(np.float32), (k, k), 0) * inside  # ramps up inside, 0 outside
             out = np.round(out * (1 - alpha[..., None]) + back * alpha[..., None]).astype(np.uint8)
-            texts.append(text)
-        return Anonymized(out, texts)
+        return out, [j["text"] for j in jobs]
 
 
 def anonymize(image: np.ndarray, regions: Sequence[Region], method: str, anonymizer: LoraAnonymizer | None = None

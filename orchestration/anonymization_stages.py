@@ -13,12 +13,13 @@ from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
 from orchestration.detection_stages import DETECTOR, UNIFIED_COCO, coco_hash
-from orchestration.stage_io import StageInputError, StageOutput, fingerprint, hash_files
+from orchestration.stage_io import REGION_TRACKS, StageInputError, StageOutput, fingerprint, hash_files
 
 DETECTOR_CHECKPOINT = DETECTOR / "detector.pth"
 LORA = Path("data/models/anonymizer")
 LORA_METRICS = Path("data/metrics/lora.json")
 WORK = Path(".cache/train")
+CHECKOUT = Path(__file__).resolve().parents[1]  # provisioned weights (FID's Inception) live in the checkout
 METRICS_CSV = "metrics.csv"  # written by the loop with the recipe's header (joint_loop.METRICS_COLUMNS)
 SETUP_HINT = "run `make setup` (it writes the embedded tiny base) or point anonymization.generator.model_dir at SD2 inpainting"
 
@@ -236,18 +237,130 @@ def _method_grids(val, results, rows: int) -> list[tuple[str, dict]]:
     return grids
 
 
+def flicker_clips(count: int) -> list[tuple[str, Path]]:
+    """(clip id, path) of the raw clips `aubergine anonymize` runs on for the flicker measure: the clip with the
+    most region frames of each kind first (a face clip and a plate clip), then the next by region frames."""
+    import json
+
+    index = REGION_TRACKS / "index.json"
+    if count < 1 or not index.is_file():
+        return []
+    clips = [c for c in json.loads(index.read_text())["clips"] if c["status"] == "ok" and c.get("scene_frames")]
+    clips.sort(key=lambda c: (-c["scene_frames"], c["clip_id"]))
+    chosen: list[dict] = []
+    for kind in ("face", "plate"):
+        best = next((c for c in clips if kind in c.get("kinds", ()) and c not in chosen), None)
+        if best is not None:
+            chosen.append(best)
+    chosen += [c for c in clips if c not in chosen]
+    out = []
+    for c in chosen[:count]:
+        meta = REGION_TRACKS / f"{c['clip_id']}.json"
+        if meta.is_file():
+            out.append((c["clip_id"], Path(json.loads(meta.read_text())["path"])))
+    return out
+
+
+def _flicker_samples(params: Params, methods: dict, out_dir: Path) -> tuple[dict, list[tuple[str, dict]], list[dict]]:
+    """Each method through `aubergine anonymize` on the first frames of the sample clips. Returns (pooled flicker
+    ratio per method, frame grids, table rows)."""
+    from assets import contact_sheet
+    from assets.video import VideoError, probe_video, read_frames
+    from inference.anonymize_media import anonymize_video, options_from, video_regions
+
+    r = params.anonymization.report
+    pooled: dict[str, list[float]] = {m: [0.0, 0.0] for m in methods}
+    grids, rows = [], []
+    for clip_id, path in flicker_clips(r.flicker_clips):
+        try:
+            probe = probe_video(path)
+        except VideoError:
+            continue
+        opts = options_from(params, "blur", "cpu")
+        regions = video_regions(path, params, opts, probe.frames, probe.width, probe.height, False, r.flicker_frames)
+        frames: dict[str, list] = {"original": list(read_frames(path, stop=r.flicker_frames))}
+        picks = contact_sheet.pick_indices(len(frames["original"]), 5)
+        row: dict = {"clip": clip_id, "frames": len(frames["original"])}
+        for label, method in methods.items():
+            opts = options_from(params, "lora" if label == "anonymizer" else label, "cpu")
+            out = out_dir / f"{Path(clip_id).stem}_{label}.mp4"
+            summary = anonymize_video(path, out, params, opts, method if label == "anonymizer" else None, False,
+                                      max_frames=r.flicker_frames, regions=regions)
+            f = summary["flicker"]
+            if f["pairs"]:
+                pooled[label][0] += f["output_change"] * f["pairs"]
+                pooled[label][1] += f["original_change"] * f["pairs"]
+            row["tracks"] = summary["tracks"]
+            row[label] = f["ratio"]
+            frames[label] = list(read_frames(out))
+        rows.append(row)
+        grids.append((f"{clip_id}: frames {', '.join(str(i) for i in picks)}",
+                      {k: [v[i] for i in picks] for k, v in frames.items()}))
+    ratios = {m: (a / b if b > 0 else None) for m, (a, b) in pooled.items()}
+    return ratios, grids, rows
+
+
+def _eval_split() -> str:
+    return "val" if _has_annotations(UNIFIED_COCO / "val.json") else "train"
+
+
+def anonymization_eval_data(params: Params) -> tuple[str, str]:
+    """(split, hash) of what the anonymizer's numbers are measured on: the split's COCO file and images, the
+    detector that measures utility, and the knobs that pick the sample and the identity backend."""
+    import json
+
+    split = _eval_split()
+    doc = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
+    r = params.anonymization.report
+    detector = hash_files(DETECTOR_CHECKPOINT) if DETECTOR_CHECKPOINT.is_file() else None
+    return split, fingerprint(split, hash_files(UNIFIED_COCO / f"{split}.json",
+                                                *(UNIFIED_COCO / im["file_name"] for im in doc["images"])),
+                              detector, r.max_images, r.max_plates, params.anonymization.arcface_pack)
+
+
+def evaluate_anonymizers(params: Params, methods: dict, work: Path):
+    """(per-method results, the originals' reference figures, val images, identity backend name) of each
+    method on the split `anonymization_eval_data` names: the report's figures and the champion re-score's.
+    The figures of the method named `anonymizer` are the unprefixed ones of `flat_metrics`."""
+    from evaluation.anonymization_eval import Anonymized, evaluate_methods, load_val_images, plate_metrics
+    from evaluation.fid import FID_WEIGHTS, load_inception
+    from evaluation.identity import select_backend
+    from evaluation.ocr import PlateReader
+    from training.detector import load_detector
+
+    r = params.anonymization.report
+    split = _eval_split()
+    val, subset = load_val_images(UNIFIED_COCO / f"{split}.json", UNIFIED_COCO, r.max_images)
+    if not val:
+        raise StageInputError(f"{UNIFIED_COCO / f'{split}.json'}: no faces or plates to anonymize")
+    identity = select_backend(params.anonymization.arcface_pack)
+    reader = PlateReader()
+    detector = load_detector(DETECTOR_CHECKPOINT)[0] if DETECTOR_CHECKPOINT.is_file() else None
+    results, reference = evaluate_methods(val, subset, methods, identity=identity, plate_reader=reader,
+                                          fid_model=load_inception(CHECKOUT / FID_WEIGHTS), detector=detector, max_plates=r.max_plates,
+                                          work=work)
+    # Can EasyOCR read the originals at all? Without that, a low read rate on anonymized plates means nothing.
+    unchanged = plate_metrics(reader, val, [Anonymized(v.image, []) for v in val], r.max_plates)
+    reference["original_text_read_rate"] = unchanged["orig_text_read_rate"]
+    return results, reference, val, identity
+
+
+def flat_metrics(results, reference: dict) -> dict:
+    flat: dict = dict(reference)
+    for res in results:
+        prefix = "" if res.method == "anonymizer" else f"{res.method}_"
+        flat.update({prefix + k: v for k, v in res.metrics.items()})
+    return flat
+
+
 def run_anonymization_report(params: Params) -> StageOutput:
     import json
     import tempfile
 
-    from evaluation.anonymization_eval import Anonymized, evaluate_methods, load_val_images, method_table, plate_metrics
-    from evaluation.fid import load_inception
-    from evaluation.identity import select_backend
-    from evaluation.ocr import PlateReader
+    from evaluation.anonymization_eval import method_table
     from evaluation.report import write_report
     from inference.anonymize_methods import BASELINE_FUNCS, LoraAnonymizer
     from inference.anonymizer_pyfunc import SETTINGS_FILE, AnonymizerPyfunc
-    from training.detector import load_detector
     from training.restorer import pick_device
 
     a, r = params.anonymization, params.anonymization.report
@@ -255,49 +368,46 @@ def run_anonymization_report(params: Params) -> StageOutput:
     base_dir = Path(trained["base_dir"])
     tiny = bool(trained.get("tiny_stand_in"))
     data_hash = coco_hash()
-    split = "val" if _has_annotations(UNIFIED_COCO / "val.json") else "train"
-    val, subset = load_val_images(UNIFIED_COCO / f"{split}.json", UNIFIED_COCO, r.max_images)
-    if not val:
-        raise StageInputError(f"{UNIFIED_COCO / f'{split}.json'}: no faces or plates to anonymize")
+    split, eval_hash = anonymization_eval_data(params)
     settings = anonymizer_settings(params)
     anonymizer = LoraAnonymizer(base_dir, lora_dir, **settings, device=str(pick_device(a.device)))
     methods = {"anonymizer": anonymizer, **BASELINE_FUNCS}
-    identity = select_backend(a.arcface_pack)
-    reader = PlateReader()
-    detector = load_detector(DETECTOR_CHECKPOINT)[0] if DETECTOR_CHECKPOINT.is_file() else None
     with tempfile.TemporaryDirectory(prefix=".tmp-anon-", dir=".") as work:
-        results, reference = evaluate_methods(val, subset, methods, identity=identity, plate_reader=reader,
-                                              fid_model=load_inception(), detector=detector, max_plates=r.max_plates,
-                                              work=Path(work))
-    # Can EasyOCR read the originals at all? Without that, a low read rate on anonymized plates means nothing.
-    unchanged = plate_metrics(reader, val, [Anonymized(v.image, []) for v in val], r.max_plates)
-    reference["original_text_read_rate"] = unchanged["orig_text_read_rate"]
-    flat: dict = dict(reference)
-    for res in results:
-        prefix = "" if res.method == "anonymizer" else f"{res.method}_"
-        flat.update({prefix + k: v for k, v in res.metrics.items()})
+        results, reference, val, identity = evaluate_anonymizers(params, methods, Path(work))
+    tracking.set_tags({tracking.EVAL_DATA_TAG: eval_hash})
+    flat = flat_metrics(results, reference)
     backend = identity.name
     base_label = trained.get("base", str(base_dir))
     with atomic_dir(ANONYMIZATION_REPORT) as tmp:
+        (tmp / "samples").mkdir()
+        flicker, flicker_grids, flicker_rows = _flicker_samples(params, methods, tmp / "samples")
+        tables = {"Methods": method_table(results, backend)}
+        if flicker_rows:
+            tables["Flicker ratio on sample clips"] = flicker_rows
         write_report(
             tmp, title=f"Anonymization report: the anonymizer against blur, pixelation and fill ({split} split)",
             metrics={**flat, "identity_backend": backend},
-            tables={"Methods": method_table(results, backend)},
-            grids=_method_grids(val, results, r.grid_rows),
+            tables=tables,
+            grids=_method_grids(val, results, r.grid_rows) + flicker_grids,
             notes=[f"{int(reference['images'])} {split} images, {int(reference['regions'])} regions; identity with "
                    f"{backend} on every face box (re-id = the backend's own threshold, {identity.threshold_kind}"
                    f"{identity.threshold}); EasyOCR on up to {r.max_plates} plates per method (original text read when "
-                   f"CER <= 0.2; on the unchanged images it reads {unchanged['orig_text_read_rate']:.2f} of them); FID "
+                   f"CER <= 0.2; on the unchanged images it reads {reference['original_text_read_rate']:.2f} of them); FID "
                    f"of anonymized vs original images and region crops (indicative below 50 images); the detector's "
                    f"AP50 on anonymized images against its AP50 on the originals "
                    f"({reference['original_AP50']:.3f}).",
                    f"Anonymizer: {base_label} + LoRA {lora_dir}; pixelation is Lada's mosaic block rule; fill is the "
-                   "region's mean colour."],
+                   "region's mean colour.",
+                   f"Flicker: each method through `aubergine anonymize` on the first {r.flicker_frames} frames of "
+                   "the sample clips (samples/); the mean frame-to-frame change inside each tracked region of the "
+                   "output over the same of the original (1 = moves as the original did, above 1 = flickers, below "
+                   "1 = steadier than the original, as a static patch)."],
             embedded_default=tiny,
         )
         write_json(tmp / SETTINGS_FILE, {"anonymizer": settings, "base_dir": str(base_dir),
                                         "base_model_id": a.generator.model_id, "tiny_stand_in": tiny})
     numeric = {k: v for k, v in flat.items() if isinstance(v, (int, float))}
+    numeric.update({("" if m == "anonymizer" else f"{m}_") + "flicker_ratio": v for m, v in flicker.items() if v is not None})
     write_json(ANONYMIZATION_METRICS, numeric)
     tracking.log_dir(ANONYMIZATION_REPORT, "report")
     registration: dict = {}

@@ -232,6 +232,43 @@ def restore_cmd(
     typer.echo(json.dumps(summary))
 
 
+@app.command("anonymize")
+def anonymize_cmd(
+    input: Annotated[Path, typer.Argument(help="an image, a folder of images or a video")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="image / folder / video to write (atomically); "
+                                         "<output>.coco.json beside it lists what was anonymized")],
+    method: Annotated[Optional[str], typer.Option(help="lora | blur | pixelate | fill (default: anonymize.method)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (default: anonymize.device)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="regions per UNet call (default: anonymize.batch_size)")] = None,
+    lora: Annotated[Optional[Path], typer.Option(help="LoRA folder (default: anonymize.lora_dir)")] = None,
+    base: Annotated[Optional[Path], typer.Option(help="SD2 inpainting base folder (default: the one train.json names)")] = None,
+    detector: Annotated[Optional[Path], typer.Option(help="a trained face/plate detector (data/models/detector/detector.pth) "
+                                                   "instead of the detection section's detectors")] = None,
+    report: Annotated[bool, typer.Option("--report", help="write <output>.report.json (summary + flicker measure)")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Anonymize faces and plates: detect, track through a video (one replacement per track), inpaint each
+    region, blend back, encode with the input's fps, size, frame count and audio."""
+    from assets.atomic import write_json
+    from inference.anonymize_media import anonymize_path
+    from inference.anonymize_methods import AnonymizeError
+
+    p = _load_or_defaults(params)
+    try:
+        summary = anonymize_path(input, output, p, method=method, device=device, batch_size=batch_size,
+                                 lora_dir=lora, base_dir=base, detector=detector)
+    except (*_inference_errors(), AnonymizeError, ValueError) as err:
+        _fail(str(err))
+    if not summary.get("regions", summary.get("tracks")):
+        typer.secho(summary["message"], fg=typer.colors.YELLOW, err=True)
+    for failed in summary.get("failed", []):
+        typer.secho(f"failed: {failed['file']}: {failed['error']}", fg=typer.colors.YELLOW, err=True)
+    if report:
+        summary["report"] = str(output.with_name(output.name + ".report.json"))
+        write_json(summary["report"], summary)
+    typer.echo(json.dumps(summary))
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="a training checkpoint (latest.pth), a published generator.pth or any Lada/mmagic file")],

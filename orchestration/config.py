@@ -277,6 +277,25 @@ class RestoreParams(_Strict):
     fp16: bool = True  # half precision on CUDA
 
 
+class AnonymizeParams(_Strict):
+    """`aubergine anonymize`: applying the anonymizer (or a baseline) to images, folders and whole videos."""
+
+    method: Literal["lora", "blur", "pixelate", "fill"] = "lora"
+    lora_dir: str = "data/models/anonymizer/lora"  # what lora_checkpoint publishes
+    base_dir: str = ""  # "" = the base recorded in train.json beside the LoRA folder
+    device: str = "auto"
+    batch_size: PositiveInt = 4  # regions denoised per UNet call
+    box_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # detector boxes widened by this share per side
+    # Temporal consistency on video: where a track's box barely moved (IoU with its previous box at least
+    # reuse_iou), start from the previous output frame there, re-noised to track_strength of the fresh noise
+    # level (and that share of the steps). 1.0 = every frame from scratch (each still with the track's seed).
+    reuse_iou: Fraction = 0.6
+    track_strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.35
+    codec: Literal["libx264", "h264_nvenc", "libx265", "hevc_nvenc"] = "libx264"
+    crf: Annotated[int, Field(ge=0, le=51)] = 18
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "medium"
+
+
 class SyntheticPlatesParams(_Strict):
     """Plate-like panels with rendered random valid text, composited into frames of the sample media."""
 
@@ -384,6 +403,8 @@ class AnonymizationReportParams(_Strict):
     face_steps: PositiveInt = 25  # DDIM steps from noise for faces (plates: plate_steps from the text anchor)
     grid_rows: PositiveInt = 6  # per category: original | blur | pixelate | fill | anonymizer
     register_model: bool = True  # register the LoRA as MLflow model `face-plate-anonymizer`, alias challenger
+    flicker_clips: Annotated[int, Field(ge=0)] = 2  # sample clips for the flicker measure, 0 = none
+    flicker_frames: PositiveInt = 60  # the first frames of each
 
 
 class AnonymizationParams(_Strict):
@@ -573,6 +594,7 @@ class Params(_Strict):
     dataset: DatasetParams = DatasetParams()
     restoration: RestorationParams = RestorationParams()
     restore: RestoreParams = RestoreParams()
+    anonymize: AnonymizeParams = AnonymizeParams()
     coco: CocoParams = CocoParams()
     detector: DetectorParams = DetectorParams()
     anonymization: AnonymizationParams = AnonymizationParams()

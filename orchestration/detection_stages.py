@@ -233,13 +233,30 @@ def _init_label() -> str:
         return "unknown (no data/models/detector/train.json)"
 
 
+def detection_eval_data() -> tuple[str, str]:
+    """(split, hash) of what the detector's numbers are measured on: that split's COCO file and its images."""
+    split = "val" if json.loads((UNIFIED_COCO / "val.json").read_text())["images"] else "train"
+    doc = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
+    return split, fingerprint(split, hash_files(UNIFIED_COCO / f"{split}.json",
+                                                *(UNIFIED_COCO / im["file_name"] for im in doc["images"])))
+
+
+def evaluate_detector(model, split: str):
+    """(COCO evaluation, detections) of `model` on `split`: the report's figures and the champion re-score's."""
+    from evaluation.detection_map import evaluate
+    from training.detector import evaluate_coco
+
+    gt = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
+    detections = evaluate_coco(model, UNIFIED_COCO / f"{split}.json", UNIFIED_COCO, score_threshold=0.0)
+    return evaluate(gt, detections), detections
+
+
 def run_detection_report(params: Params) -> StageOutput:
     import numpy as np
     from PIL import Image
 
-    from evaluation.detection_map import evaluate
     from evaluation.report import pr_curve_figure, write_report
-    from training.detector import evaluate_coco, load_detector
+    from training.detector import load_detector
     from training.detector_loop import draw_detections
     from training.restorer import pick_device
 
@@ -248,15 +265,13 @@ def run_detection_report(params: Params) -> StageOutput:
         raise StageInputError(f"{source}: missing; materialize `detector_checkpoint` first")
     data_hash = coco_hash()
     model, meta = load_detector(source, device=pick_device(params.detector.device))
-    split = "val"
-    gt = json.loads((UNIFIED_COCO / "val.json").read_text())
-    if not gt["images"]:  # every source in one group (e.g. a single clip): nothing held out
-        split = "train"
-        gt = json.loads((UNIFIED_COCO / "train.json").read_text())
+    # val, unless every source fell in one group (e.g. a single clip) and nothing is held out
+    split, eval_hash = detection_eval_data()
+    gt = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
     if not gt["images"]:
         raise StageInputError(f"{UNIFIED_COCO}: no images in either split; nothing to evaluate")
-    detections = evaluate_coco(model, UNIFIED_COCO / f"{split}.json", UNIFIED_COCO, score_threshold=0.0)
-    result = evaluate(gt, detections)
+    result, detections = evaluate_detector(model, split)
+    tracking.set_tags({tracking.EVAL_DATA_TAG: eval_hash})
     flat = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     flat["evaluated_on_val"] = int(split == "val")
     embedded = params.detector.pretrained_backbone is None

@@ -14,7 +14,7 @@ ANONYMIZER = "face-plate-anonymizer"
 ANONYMIZATION_METHODS = ("blur", "pixelate", "fill")  # the baselines, logged with their name as prefix
 _ANONYMIZATION = ("id_mean_sim", "reid_rate", "faces", "orig_text_read_rate", "fake_text_exact", "fake_text_char_acc",
                   "plates", "fid_image", "fid_region", "AP50", "AP50_face", "AP50_plate", "map_retention",
-                  "map_retention_face", "map_retention_plate")
+                  "map_retention_face", "map_retention_plate", "flicker_ratio")
 
 _RESTORATION_BASE = ("psnr", "ssim", "psnr_region", "ssim_region", "psnr_region_pooled")
 _DETECTION_CATEGORIES = ("face", "plate")

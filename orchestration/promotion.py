@@ -2,7 +2,10 @@
 challenger's evaluation run beats the champion's by the rules in params.yaml (`promotion.models`).
 
 The rules compare metrics of the evaluation runs, i.e. the runs that registered each version (the report
-stages log their metrics there). A model with no champion yet is promoted when it meets the absolute floors.
+stages log their metrics there). Those are compared as they are only when both runs measured the same data
+(their `eval.data_hash` tags agree); otherwise the champion is re-scored on the challenger's data first
+(orchestration/rescoring.py), or, where it cannot be, the comparison is refused and the reason says why. A
+model with no champion yet is promoted when it meets the absolute floors.
 Every decision — inputs, outcome, reasons — is written as model-version tags, as tags and a `decisions.json`
 artifact of the gate's own MLflow run, and as Dagster metadata of the `promoted_models` asset.
 
@@ -16,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from orchestration.config import ModelGate
+from orchestration.tracking import EVAL_DATA_TAG
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -48,6 +52,8 @@ class Decision:
     challenger_run_id: str | None = None
     champion_run_id: str | None = None
     decided_at: str = ""
+    # The champion's metrics recomputed on the challenger's data (None: its own run's were comparable).
+    champion_rescored: dict[str, float] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,14 +109,39 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
-def _run_metrics(client, run_id: str | None) -> dict[str, float]:
+def _run(client, run_id: str | None) -> tuple[dict[str, float], str | None]:
+    """(metrics, eval.data_hash tag) of an evaluation run."""
     if not run_id:
-        return {}
-    return dict(client.get_run(run_id).data.metrics)
+        return {}, None
+    run = client.get_run(run_id)
+    return dict(run.data.metrics), run.data.tags.get(EVAL_DATA_TAG)
 
 
-def gate_model(client, name: str, gate: ModelGate) -> Decision:
-    """Decide for one registered model, move the alias on a pass and tag the challenger version."""
+def _champion_metrics(name: str, champion, champion_metrics: dict, champion_hash: str | None,
+                      challenger_hash: str | None, rescorer) -> tuple[dict | None, dict | None, str | None]:
+    """(metrics to compare with, re-scored metrics or None, refusal reason or None)."""
+    if challenger_hash is not None and challenger_hash == champion_hash:
+        return champion_metrics, None, None
+    v = champion.version
+    measured = f"champion v{v} was measured on {champion_hash or 'untagged data'}, the challenger on " \
+               f"{challenger_hash or 'untagged data'}"
+    if rescorer is None:
+        return None, None, f"{measured}, and there is no evaluation to re-score {name} with: comparison refused"
+    current = rescorer.data_hash()
+    if challenger_hash != current:
+        return None, None, (f"{measured}, and the project's evaluation data is now {current}: re-run the "
+                            f"challenger's report before promoting; comparison refused")
+    try:
+        rescored = rescorer.rescore(f"models:/{name}/{v}")
+    except Exception as err:  # a version whose artifacts no longer load: say so, never compare unequal numbers
+        return None, None, f"{measured}, and re-scoring champion v{v} failed ({type(err).__name__}: {err}): comparison refused"
+    return rescored, rescored, f"{measured}: champion v{v} re-scored on the challenger's data"
+
+
+def gate_model(client, name: str, gate: ModelGate, rescorer=None) -> Decision:
+    """Decide for one registered model, move the alias on a pass and tag the challenger version.
+    `rescorer` (orchestration.rescoring.Rescorer) re-scores the champion when the two evaluation runs
+    measured different data; without one such a comparison is refused."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     challenger = _alias_version(client, name, CHALLENGER)
     champion = _alias_version(client, name, CHAMPION)
@@ -124,8 +155,17 @@ def gate_model(client, name: str, gate: ModelGate) -> Decision:
     if champion_v == challenger_v:
         return Decision(name, ALREADY_CHAMPION, champion_after=champion_v,
                         reasons=[f"version {challenger_v} is already the champion"], **base)
-    passed, checks = decide(gate, _run_metrics(client, challenger.run_id),
-                            _run_metrics(client, champion.run_id) if champion is not None else None)
+    challenger_metrics, challenger_hash = _run(client, challenger.run_id)
+    theirs, rescored, note = None, None, None
+    if champion is not None:
+        champion_metrics, champion_hash = _run(client, champion.run_id)
+        theirs, rescored, note = _champion_metrics(name, champion, champion_metrics, champion_hash, challenger_hash,
+                                                   rescorer)
+        if theirs is None:  # refused: unequal data and no fair re-score
+            decision = Decision(name, REJECTED, champion_after=champion_v, reasons=[note], **base)
+            _record(client, decision)
+            return decision
+    passed, checks = decide(gate, challenger_metrics, theirs)
     failed = [c.reason for c in checks if not c.passed]
     if passed:
         reasons = [c.reason for c in checks] or ["no rules configured"]
@@ -134,6 +174,9 @@ def gate_model(client, name: str, gate: ModelGate) -> Decision:
         decision = Decision(name, PROMOTED, champion_after=challenger_v, reasons=reasons, checks=checks, **base)
     else:
         decision = Decision(name, REJECTED, champion_after=champion_v, reasons=failed, checks=checks, **base)
+    if note:
+        decision.reasons.insert(0, note)
+    decision.champion_rescored = rescored
     _record(client, decision)
     return decision
 

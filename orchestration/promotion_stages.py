@@ -9,6 +9,7 @@ from orchestration import tracking
 from orchestration.config import Params
 from orchestration.stage_io import StageOutput, fingerprint
 from orchestration.promotion import Decision, decisions_markdown, gate_model
+from orchestration.rescoring import rescorer_for
 
 PROMOTION_REPORT = Path("data/reports/promotion")
 
@@ -16,7 +17,8 @@ PROMOTION_REPORT = Path("data/reports/promotion")
 def run_promoted_models(params: Params) -> StageOutput:
     if params.mlflow.enabled:
         registry = tracking.client(params)
-        decisions = [gate_model(registry, name, gate) for name, gate in params.promotion.models.items()]
+        decisions = [gate_model(registry, name, gate, rescorer_for(params, name))
+                     for name, gate in params.promotion.models.items()]
     else:
         decisions = [Decision(name, "skipped", None, None, None, ["mlflow.enabled is false: there is no registry to promote in"])
                      for name in params.promotion.models]

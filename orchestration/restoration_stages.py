@@ -162,20 +162,39 @@ def _has_scenes(split: str) -> bool:
     return any((RESTORATION_DATASET / split / "crop_unscaled_meta").glob("*.json"))
 
 
+def restoration_eval_data(params: Params) -> tuple[str, str]:
+    """(split, hash) of what the restorer's numbers are measured on: every file of that split and the knobs
+    that shape the measurement. Two runs with equal hashes measured the same thing."""
+    split = "val" if _has_scenes("val") else "train"
+    files = sorted(p for p in (RESTORATION_DATASET / split).rglob("*") if p.is_file())
+    return split, fingerprint(split, hash_files(*files), params.restoration.report.max_scenes,
+                              params.restoration.stage1.lq_size)
+
+
+def evaluate_restorer(params: Params, model, grid_frames: int = 0):
+    """The restorer's figures on the split `restoration_eval_data` names: what the report shows and what the
+    promotion gate re-scores a champion with (the same code for both)."""
+    from evaluation.restoration_eval import evaluate_split
+    from training.restorer import Restorer, pick_device
+
+    s1, rep = params.restoration.stage1, params.restoration.report
+    restorer = Restorer(model, s1.lq_size, pick_device(s1.device), fp16=False)
+    split, _ = restoration_eval_data(params)
+    return evaluate_split(restorer.restore, RESTORATION_DATASET, split, rep.max_scenes, grid_frames)
+
+
 def run_restoration_report(params: Params) -> StageOutput:
     from evaluation.report import write_report
-    from evaluation.restoration_eval import evaluate_split
     from training.checkpoints import load_generator
-    from training.restorer import Restorer, pick_device
 
     s1, rep = params.restoration.stage1, params.restoration.report
     source = STAGE2 / GENERATOR
     if not source.is_file():
         raise StageInputError(f"{source}: missing; materialize `stage2_checkpoint` first")
     model, info = load_generator(source)
-    restorer = Restorer(model, s1.lq_size, pick_device(s1.device), fp16=False)
-    split = "val" if _has_scenes("val") else "train"
-    evaluation = evaluate_split(restorer.restore, RESTORATION_DATASET, split, rep.max_scenes, rep.grid_frames)
+    split, eval_hash = restoration_eval_data(params)
+    evaluation = evaluate_restorer(params, model, rep.grid_frames)
+    tracking.set_tags({tracking.EVAL_DATA_TAG: eval_hash})
     train1 = json.loads((STAGE1 / "train.json").read_text()) if (STAGE1 / "train.json").is_file() else {}
     init_label = (train1.get("labels") or {}).get("init", "unknown")
     embedded = s1.load_from is None

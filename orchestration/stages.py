@@ -202,13 +202,27 @@ STAGES: tuple[Stage, ...] = (
         pool="gpu",
     ),
     Stage(
+        name="anonymization_report",
+        group="anonymization",
+        description="The anonymizer against Gaussian blur, Lada's pixelation and a solid fill on the val split: "
+        "identity similarity and re-identification rate (the identity backend named), EasyOCR's read rate of the "
+        "original plate text and the fake text's accuracy, FID of whole images and region crops, the detector's "
+        "AP50 retention; the flicker ratio of each method through `aubergine anonymize` on sample clips; method grids; registers `face-plate-anonymizer` (alias challenger) as an MLflow pyfunc.",
+        run=anonymization_stages.run_anonymization_report,
+        upstream=("lora_checkpoint", "unified_coco", "detector_checkpoint", "region_tracks"),
+        params=("anonymization", "anonymize", "detection", "tracking"),
+        outs=(str(anonymization_stages.ANONYMIZATION_REPORT),),
+        kinds=("pytorch", "diffusers", "mlflow", "html"),
+        metrics=(str(anonymization_stages.ANONYMIZATION_METRICS),),
+    ),
+    Stage(
         name="promoted_models",
         group="promotion",
         description="The promotion gate: for each registered model, compares the `challenger` version's evaluation "
         "metrics with the `champion`'s by the rules in `promotion.models` and moves `champion` only on a pass; the "
         "decision (inputs, outcome, reasons) goes to model-version tags, this run's tags and decisions.json.",
         run=promotion_stages.run_promoted_models,
-        upstream=("restoration_report", "detection_report"),
+        upstream=("restoration_report", "detection_report", "anonymization_report"),
         params=("promotion",),
         outs=(str(promotion_stages.PROMOTION_REPORT),),
         kinds=("mlflow",),

@@ -17,6 +17,9 @@ from typing import Iterator
 from orchestration.config import Params
 
 EXPERIMENT_PREFIX = "aubergine"
+# Run tag of every evaluation run: the hash of the data and knobs its numbers were measured on. The promotion
+# gate compares two versions' numbers directly only when their runs carry the same value.
+EVAL_DATA_TAG = "eval.data_hash"
 
 
 def repo_root() -> Path:

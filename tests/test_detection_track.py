@@ -1,6 +1,7 @@
 """The detection track end to end on sample clips: unified_coco → detector_checkpoint → detection_report through
 the runner Dagster and DVC use, with MLflow on; plus the trained detector as the lineage's region detector, and
-the anonymizer (lora_checkpoint) trained on the same COCO set with that detector in its loop."""
+the anonymizer (lora_checkpoint) trained on the same COCO set with that detector in its loop, and its report
+against the baselines (anonymization_report)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ TINY = {f"profiles__embedded__{k}": v for k, v in dict(
                    "precision": "fp32", "resolution": 64, "batch_size": 2, "lora_rank": 4, "lora_alpha": 4.0,
                    "discriminator": {"channels": 8}, "pretrain_steps": 2, "max_steps": 4,
                    "checkpoint": {"save_every_steps": 2}, "val_every_steps": 2, "num_val_samples": 4,
-                   "log_every_steps": 1, "plate_steps": 2, "vgg19_weights": None},
+                   "log_every_steps": 1, "plate_steps": 2, "vgg19_weights": None,
+                   "report": {"max_images": 6, "max_plates": 3, "face_steps": 2, "grid_rows": 2, "flicker_frames": 8}},
+    # Lenient gates: these tests are about what the gate compares, not about 4-iteration models' quality.
+    promotion={"models": {"face-plate-detector": {"compare": [{"metric": "AP50"}], "floors": []},
+                          "face-plate-anonymizer": {"compare": [{"metric": "reid_rate", "better": "lower"}],
+                                                    "floors": [{"metric": "reid_rate", "max": 1.0}]}}},
 ).items()} | {"mlflow__enabled": True}
 
 
@@ -39,7 +45,8 @@ def track(tmp_path_factory):
         for name in ("raw_clips", "region_tracks"):
             run_stage(name, project.params())
         reports = {n: run_stage(n, project.params())
-                   for n in ("unified_coco", "detector_checkpoint", "detection_report", "lora_checkpoint")}
+                   for n in ("unified_coco", "detector_checkpoint", "detection_report", "lora_checkpoint",
+                             "anonymization_report")}
         yield project, reports
 
 
@@ -130,3 +137,76 @@ def test_anonymizer_writes_metrics_samples_and_a_lora_a_stock_pipeline_loads(tra
     plain, adapted, again = paint(False), paint(True), paint(True)
     assert np.array_equal(adapted, again)
     assert not np.array_equal(plain, adapted)
+
+
+def test_anonymization_report_compares_four_methods_and_registers_a_loadable_pyfunc(track):
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    metrics = json.loads(Path("data/metrics/anonymization.json").read_text())
+    per_method = ("id_mean_sim", "reid_rate", "orig_text_read_rate", "fid_image", "fid_region", "AP50", "map_retention")
+    for prefix in ("", "blur_", "pixelate_", "fill_"):
+        assert all(prefix + k in metrics for k in per_method), prefix
+    assert "fake_text_char_acc" in metrics and "fake_text_exact" in metrics
+    assert 0.0 <= metrics["reid_rate"] <= 1.0 and metrics["original_AP50"] >= 0.0
+    report = Path("data/reports/anonymization")
+    html = (report / "report.html").read_text()
+    assert "pixelate" in html and "dlib" in html and "stand-in" in html.lower()
+    assert list((report / "images").glob("*.png"))  # the method grids
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("face-plate-anonymizer", "challenger")
+    assert version.tags["identity_backend"].startswith("dlib")
+    model = mlflow.pyfunc.load_model("models:/face-plate-anonymizer@challenger")
+    image = np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    regions = json.dumps([{"kind": "face", "box": [24, 24, 40, 40], "seed": 3}])
+    out = model.predict(pd.DataFrame({"image": [buf.getvalue()], "regions": [regions]}))
+    painted = np.asarray(Image.open(io.BytesIO(out["image"][0])).convert("RGB"))
+    assert painted.shape == image.shape and not np.array_equal(painted, image)
+    assert np.array_equal(painted[:20], image[:20])  # outside the region nothing changes
+
+
+def _decisions() -> dict:
+    return {d["model"]: d for d in json.loads(Path("data/reports/promotion/decisions.json").read_text())["decisions"]}
+
+
+def test_the_gate_rescores_champions_on_the_challengers_new_val_data(track):
+    """Detector and anonymizer: v1 promoted, then the val split changes and the same weights are registered
+    again (v2) measured on it; the gate re-scores each v1 champion on the new data before comparing."""
+    from mlflow.tracking import MlflowClient
+
+    project, _ = track
+    project.write_params(**TINY)
+    run_stage("promoted_models", project.params())
+    first = _decisions()
+    for model in ("face-plate-detector", "face-plate-anonymizer"):
+        assert first[model]["outcome"] == "promoted" and first[model]["champion_after"] == 1, first[model]
+
+    val_path = Path("data/datasets/coco/val.json")
+    val = json.loads(val_path.read_text())
+    dropped = val["images"][-1]["id"]  # new val data: one image fewer
+    val["images"] = val["images"][:-1]
+    val["annotations"] = [a for a in val["annotations"] if a["image_id"] != dropped]
+    val_path.write_text(json.dumps(val))
+    for name in ("detection_report", "anonymization_report", "promoted_models"):
+        run_stage(name, project.params())
+    fair = _decisions()
+    client = MlflowClient()
+    for model, metric in (("face-plate-detector", "AP50"), ("face-plate-anonymizer", "reid_rate")):
+        d = fair[model]
+        assert d["challenger_version"] == 2 and "champion v1 re-scored on the challenger's data" in d["reasons"][0], d
+        challenger = client.get_run(d["challenger_run_id"]).data
+        champion = client.get_run(d["champion_run_id"]).data
+        assert challenger.tags["eval.data_hash"] != champion.tags["eval.data_hash"]
+        # the same weights on the same data: the re-score reproduces the challenger's own numbers
+        assert d["champion_rescored"][metric] == pytest.approx(challenger.metrics[metric], abs=1e-6)
+        assert d["outcome"] == "promoted"
+    assert fair["face-plate-anonymizer"]["champion_rescored"]["fid_image"] == pytest.approx(
+        client.get_run(fair["face-plate-anonymizer"]["challenger_run_id"]).data.metrics["fid_image"], rel=1e-4)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from orchestration.config import CompareRule, ConfigError, FloorRule, ModelGate, load_params
-from orchestration.model_metrics import DETECTOR, REPORT_METRICS, RESTORER
+from orchestration.model_metrics import ANONYMIZER, DETECTOR, REPORT_METRICS, RESTORER
 from orchestration.promotion import decide
 from orchestration.runner import run_stage
 from tests.conftest import ROOT, Project, need_media
@@ -48,6 +48,35 @@ def test_the_anonymizer_gate_tolerates_fid_noise_and_names_the_privacy_floor_it_
     assert not passed and "reid_rate = 0.4 is above the ceiling 0.1" in [c.reason for c in checks if not c.passed]
     with pytest.raises(ValueError, match="margin .* or tolerance"):
         CompareRule(metric="fid_image", margin=1.0, tolerance=1.0)
+
+
+def test_unequal_val_data_is_rescored_or_the_comparison_refused_with_the_reason():
+    from types import SimpleNamespace
+
+    from orchestration.promotion import _champion_metrics
+    from orchestration.rescoring import Rescorer
+
+    champion = SimpleNamespace(version="3")
+    own = {"AP50": 0.9}
+    # same data: the champion's own numbers
+    assert _champion_metrics("m", champion, own, "h1", "h1", None) == (own, None, None)
+    # other data, no evaluation known for the model: refused, saying why
+    theirs, rescored, note = _champion_metrics("m", champion, own, "h0", "h1", None)
+    assert theirs is None and "no evaluation to re-score m with: comparison refused" in note and "h0" in note
+    calls = []
+    rescorer = Rescorer("m", lambda: "h1", lambda uri: calls.append(uri) or {"AP50": 0.5})
+    theirs, rescored, note = _champion_metrics("m", champion, own, None, "h1", rescorer)
+    assert theirs == rescored == {"AP50": 0.5} and calls == ["models:/m/3"]
+    assert "untagged data" in note and "champion v3 re-scored on the challenger's data" in note
+    # the challenger measured data the project no longer has: refused
+    stale = Rescorer("m", lambda: "h2", lambda uri: {"AP50": 0.5})
+    assert "re-run the challenger's report" in _champion_metrics("m", champion, own, "h0", "h1", stale)[2]
+
+    def broken(uri):
+        raise OSError("artifact store unreachable")
+
+    note = _champion_metrics("m", champion, own, "h0", "h1", Rescorer("m", lambda: "h1", broken))[2]
+    assert "re-scoring champion v3 failed (OSError: artifact store unreachable)" in note
 
 
 def test_lower_is_better_and_missing_metrics_fail_with_a_reason():
@@ -92,7 +121,8 @@ def test_unreachable_registry_is_said_before_training_starts(project):
 
 def test_catalogue_matches_the_committed_report_metrics():
     """The metric names a gate may use are the ones the reports really log (their committed metrics files)."""
-    for model, path in ((RESTORER, "data/metrics/restoration.json"), (DETECTOR, "data/metrics/detection.json")):
+    for model, path in ((RESTORER, "data/metrics/restoration.json"), (DETECTOR, "data/metrics/detection.json"),
+                        (ANONYMIZER, "data/metrics/anonymization.json")):
         logged = set(json.loads((ROOT / path).read_text()))
         assert REPORT_METRICS[model] <= logged, (model, sorted(REPORT_METRICS[model] - logged))
 
@@ -178,3 +208,21 @@ def test_a_worse_model_leaves_the_champion_and_a_better_one_moves_it(tmp_path):
         run_stage("promoted_models", project.params())
         again = json.loads(Path("data/reports/promotion/decisions.json").read_text())["decisions"][0]
         assert again["outcome"] == "already_champion" and again["champion_after"] == 3
+
+        # New val data (here: another max_scenes, a knob in the evaluation's hash): the same weights registered
+        # again are measured on it, and the gate re-scores the champion on that data before comparing -- the
+        # same weights give the same numbers, so the challenger does not beat it by the margin.
+        project.write_params(**{**SMALL, "profiles__embedded__restoration__report__max_scenes": 1,
+                                "profiles__embedded__restoration__stage1__max_iters": 1,
+                                "profiles__embedded__restoration__stage1__lr": 1e-9})
+        for name in ("restoration_report", "promoted_models"):
+            run_stage(name, project.params())
+        fair = {d["model"]: d for d in json.loads(Path("data/reports/promotion/decisions.json").read_text())["decisions"]}[RESTORER]
+        assert fair["challenger_version"] == 4 and fair["outcome"] == "rejected"
+        assert "champion v3 re-scored on the challenger's data" in fair["reasons"][0]
+        challenger_run = client.get_run(fair["challenger_run_id"]).data
+        champion_run = client.get_run(fair["champion_run_id"]).data
+        assert challenger_run.tags["eval.data_hash"] != champion_run.tags["eval.data_hash"]
+        assert fair["champion_rescored"]["output_psnr_region"] == pytest.approx(challenger_run.metrics["output_psnr_region"], abs=1e-9)
+        assert fair["champion_rescored"]["scenes"] == challenger_run.metrics["scenes"]
+        assert client.get_model_version_by_alias(RESTORER, "champion").version in (3, "3")

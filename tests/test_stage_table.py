@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LINEAGE = [
     "raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset",
     "stage1_checkpoint", "stage2_checkpoint", "restoration_report",
-    "unified_coco", "detector_checkpoint", "detection_report", "lora_checkpoint", "promoted_models",
+    "unified_coco", "detector_checkpoint", "detection_report", "lora_checkpoint", "anonymization_report",
+    "promoted_models",
 ]
 
 

@@ -101,10 +101,11 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def denoise_region(unet, vae, scheduler_config, encoder_hidden_states: torch.Tensor, original: torch.Tensor,
                    init: torch.Tensor, mask: torch.Tensor, *, strength: float, steps: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """img2img inpainting: `init` (N, 3, R, R in [-1, 1]) noised to `strength`, `steps` DDIM steps of the
     inpainting UNet conditioned on `original` with `mask` (N, 1, R, R) blanked, decoded and composited into
-    `original`. strength 1: from pure noise (`init` is ignored). Returns (N, 3, R, R) in [-1, 1]."""
+    `original`. strength 1: from pure noise (`init` is ignored). Returns (N, 3, R, R) in [-1, 1].
+    A list of N generators draws each item's noise from its own (a region keeps its noise in any batch)."""
     from diffusers import DDIMScheduler
 
     if not 0 < strength <= 1:
@@ -120,7 +121,11 @@ def denoise_region(unet, vae, scheduler_config, encoder_hidden_states: torch.Ten
     dtype = next(unet.parameters()).dtype
     cond = encode(vae, masked_image(original, mask))
     m = mask_latent(mask, cond.shape[-2:]).to(cond.dtype)
-    noise = torch.randn(cond.shape, generator=generator, device="cpu", dtype=torch.float32).to(cond.device, cond.dtype)
+    if isinstance(generator, (list, tuple)):
+        noise = torch.cat([torch.randn((1, *cond.shape[1:]), generator=g, device="cpu", dtype=torch.float32)
+                           for g in generator]).to(cond.device, cond.dtype)
+    else:
+        noise = torch.randn(cond.shape, generator=generator, device="cpu", dtype=torch.float32).to(cond.device, cond.dtype)
     if strength >= 1:
         latents = noise * scheduler.init_noise_sigma
     else:
