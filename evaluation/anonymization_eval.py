@@ -32,8 +32,7 @@ from PIL import Image
 from inference.anonymize_methods import Anonymized, Region
 
 NAN = float("nan")
-FID_MIN_IMAGES = 2  # a covariance needs two vectors; below FID_RELIABLE_IMAGES the value is marked as indicative
-FID_RELIABLE_IMAGES = 50
+FID_MIN_IMAGES = 2  # a covariance needs two vectors; below evaluation.fid.FID_RELIABLE_IMAGES it is indicative
 CROP_SIDE = 128
 
 

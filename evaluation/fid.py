@@ -311,6 +311,11 @@ def folder_statistics(folder: str | Path, model: torch.nn.Module, cache_dir: str
     return mu, sigma, len(files), False
 
 
+# Below this many images per side FID is reported as indicative (biased upwards, only comparable at equal n):
+# the anonymization report's notes and `aubergine eval fid`'s warning use it.
+FID_RELIABLE_IMAGES = 50
+
+
 def fid_between_dirs(dir_a: str | Path, dir_b: str | Path, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
                      model: torch.nn.Module | None = None, weights_path: str | Path = FID_WEIGHTS,
                      batch_size: int = 32, device: str | torch.device = "cpu", progress: bool = True,

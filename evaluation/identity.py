@@ -385,3 +385,53 @@ def identity_scores(orig_images: Sequence[np.ndarray], anon_images: Sequence[np.
         "missing": {"orig": missing_orig, "anon": missing_anon},
         "per_image": per_image,
     }
+
+
+def every_face_scores(orig_images: Sequence[np.ndarray], anon_images: Sequence[np.ndarray], backend: IdentityBackend,
+                      min_iou: float = 0.3) -> dict:
+    """Every face the backend finds in each original image against the same place in its anonymized image
+    (faces matched by position: the anonymized face is embedded in the original face's box, which is where an
+    attacker would look). A face that cannot be embedded there any more is counted as vanished (and as not
+    re-identified), never skipped; `still_detected` counts faces the backend still finds there on its own.
+
+    faces            faces found in the originals (every one, not the largest per image)
+    compared         of those, embedded at the same place in the anonymized image
+    vanished         faces - compared
+    still_detected   anonymized images' own detections overlapping an original face (IoU >= min_iou)
+    reidentified     compared faces the backend calls the same person at its threshold
+    reid_rate        reidentified / faces (None without faces)
+    mean_similarity, mean_distance over the compared faces; per_face: image index, box, status, scores
+    """
+    if len(orig_images) != len(anon_images):
+        raise ValueError(f"{len(orig_images)} original images but {len(anon_images)} anonymized ones")
+    sims, dists, per_face = [], [], []
+    faces = reidentified = still_detected = images_without_faces = 0
+    for i, (orig, anon) in enumerate(zip(orig_images, anon_images)):
+        found = backend.embed(orig)
+        if not found:
+            images_without_faces += 1
+            continue
+        anon_found = [f.box for f in backend.embed(anon)]
+        for face in found:
+            faces += 1
+            still_detected += int(any(_iou(face.box, b) >= min_iou for b in anon_found))
+            again = backend.embed(anon, face.box)
+            row = {"image": i, "box": [round(float(v), 1) for v in face.box]}
+            if not again:
+                per_face.append({**row, "status": "vanished", "reidentified": False})
+                continue
+            cmp = backend.compare(face, again[0])
+            sims.append(cmp.similarity)
+            dists.append(cmp.distance)
+            reidentified += int(cmp.same)
+            per_face.append({**row, "status": "compared", "similarity": cmp.similarity, "distance": cmp.distance,
+                             "reidentified": cmp.same})
+    return {
+        "backend": backend.name, "threshold": backend.threshold, "threshold_kind": backend.threshold_kind,
+        "images": len(orig_images), "images_without_faces": images_without_faces, "faces": faces,
+        "compared": len(sims), "vanished": faces - len(sims), "still_detected": still_detected,
+        "reidentified": reidentified, "reid_rate": reidentified / faces if faces else None,
+        "mean_similarity": float(np.mean(sims)) if sims else None,
+        "mean_distance": float(np.mean(dists)) if dists else None,
+        "per_face": per_face,
+    }

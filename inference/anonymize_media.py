@@ -76,11 +76,20 @@ def options_from(params, method: str | None = None, device: str | None = None, b
     return Options(method, device or p.device, batch_size, p.reuse_iou, p.track_strength, p.box_margin, params.seed)
 
 
+def anonymizer_settings(params) -> dict:
+    """LoraAnonymizer's keyword arguments from the `anonymization` section (what training validated with)."""
+    a = params.anonymization
+    return {"resolution": a.resolution, "context_pad": a.context_pad, "face_steps": a.report.face_steps,
+            "plate_steps": a.plate_steps, "plate_text_anchor_strength": a.plate_text_anchor_strength,
+            "font_ratio": [a.plate_text_font_ratio_min, a.plate_text_font_ratio_max],
+            "prompt_face": a.generator.prompt_face, "prompt_plate": a.generator.prompt_plate,
+            "separate_adapters": a.separate_adapters}
+
+
 def load_lora_anonymizer(params, device: str, lora_dir: str | Path | None = None, base_dir: str | Path | None = None,
                          batch_size: int | None = None) -> LoraAnonymizer:
     """The anonymizer `lora_checkpoint` published (or the given LoRA folder), with the base it was trained on:
     `--base`, else `anonymize.base_dir`, else the `base_dir` its train.json beside the LoRA records."""
-    from orchestration.anonymization_stages import anonymizer_settings
     from training.restorer import pick_device
 
     lora = Path(lora_dir or params.anonymize.lora_dir)

@@ -190,16 +190,6 @@ REPORT_METHODS = ("anonymizer", "blur", "pixelate", "fill")
 GRID_ORDER = ("original", "blur", "pixelate", "fill", "anonymizer")
 
 
-def anonymizer_settings(params: Params) -> dict:
-    """LoraAnonymizer's keyword arguments from the `anonymization` section (what training validated with)."""
-    a = params.anonymization
-    return {"resolution": a.resolution, "context_pad": a.context_pad, "face_steps": a.report.face_steps,
-            "plate_steps": a.plate_steps, "plate_text_anchor_strength": a.plate_text_anchor_strength,
-            "font_ratio": [a.plate_text_font_ratio_min, a.plate_text_font_ratio_max],
-            "prompt_face": a.generator.prompt_face, "prompt_plate": a.generator.prompt_plate,
-            "separate_adapters": a.separate_adapters}
-
-
 def _trained_anonymizer() -> tuple[Path, dict]:
     import json
 
@@ -369,6 +359,8 @@ def run_anonymization_report(params: Params) -> StageOutput:
     tiny = bool(trained.get("tiny_stand_in"))
     data_hash = coco_hash()
     split, eval_hash = anonymization_eval_data(params)
+    from inference.anonymize_media import anonymizer_settings
+
     settings = anonymizer_settings(params)
     anonymizer = LoraAnonymizer(base_dir, lora_dir, **settings, device=str(pick_device(a.device)))
     methods = {"anonymizer": anonymizer, **BASELINE_FUNCS}

@@ -138,7 +138,7 @@ def fid_cmd(
 ) -> None:
     """FID between the images of two folders (pytorch-fid, genuine FID Inception weights)."""
     from assets.weights import WeightsError
-    from evaluation.fid import DEFAULT_CACHE_DIR, FID_WEIGHTS, fid_between_dirs
+    from evaluation.fid import DEFAULT_CACHE_DIR, FID_RELIABLE_IMAGES, FID_WEIGHTS, fid_between_dirs
 
     try:
         result = fid_between_dirs(dir_a, dir_b, cache_dir=DEFAULT_CACHE_DIR if cache else None,
@@ -146,6 +146,12 @@ def fid_cmd(
                                   method=method)
     except (WeightsError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
+    fewest = min(result["n_a"], result["n_b"])
+    if fewest < FID_RELIABLE_IMAGES:
+        result["warning"] = (f"only {fewest} images in the smaller folder (n_a={result['n_a']}, n_b={result['n_b']}): "
+                             f"below {FID_RELIABLE_IMAGES} FID is strongly biased upwards and only comparable at "
+                             "equal sample sizes")
+        typer.secho(f"warning: {result['warning']}", fg=typer.colors.YELLOW, err=True)
     _emit("fid", result, out, mlflow_log)
 
 
@@ -158,9 +164,11 @@ def identity_cmd(
     out: OutOpt = None,
     mlflow_log: MlflowOpt = False,
 ) -> None:
-    """Identity similarity and re-identification rate between same-named images of two folders."""
+    """Identity similarity and re-identification rate between same-named images of two folders: every face the
+    backend finds in an original, compared with the same place in its anonymized image (a face that can no
+    longer be embedded there is counted as vanished, not skipped)."""
     from assets.weights import WeightsError
-    from evaluation.identity import ArcFaceIdentity, DlibIdentity, identity_scores
+    from evaluation.identity import ArcFaceIdentity, DlibIdentity, every_face_scores
 
     try:
         names_a, orig = _images(orig_dir)
@@ -176,15 +184,17 @@ def identity_cmd(
             model = DlibIdentity()
         else:
             _fail(f"--backend {backend!r}: allowed are dlib, arcface")
-        result = identity_scores(orig, anon, model)
+        result = every_face_scores(orig, anon, model)
     except (WeightsError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    per_image = [{"image": names_a[row["index"]], **row} for row in result.pop("per_image")]
-    metrics = {k: v for k, v in result.items() if not isinstance(v, dict)}
-    metrics.update({f"missing_{k}": v for k, v in result["missing"].items()})
+    per_face = [{**row, "image": names_a[row["image"]]} for row in result.pop("per_face")]
+    metrics = dict(result)
+    typer.secho(f"{result['faces']} face(s) in {result['images']} original image(s) ({result['images_without_faces']} "
+                f"without a face): {result['compared']} compared, {result['vanished']} vanished, "
+                f"{result['reidentified']} re-identified by {result['backend']}", err=True)
     shown = min(6, len(orig))
     grids = [("Original / anonymized", {"original": orig[:shown], "anonymized": anon[:shown]})]
-    _emit("identity", metrics, out, mlflow_log, tables={"Per image": per_image}, grids=grids)
+    _emit("identity", metrics, out, mlflow_log, tables={"Per face": per_face}, grids=grids)
 
 
 @eval_app.command("ocr")

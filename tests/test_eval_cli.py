@@ -98,6 +98,14 @@ def test_eval_identity_and_fid_commands(tmp_path):
     assert "Original / anonymized" in page and list((tmp_path / "rep/images").glob("*.png"))
     assert kept["backend"].startswith("dlib") and kept["reid_rate"] == 1.0
     assert gone["reid_rate"] == 0.0
+    assert kept["faces"] == 1 and kept["compared"] == 1
+    # Every face counts, not the largest per image: two people, one of them anonymized.
+    pair = _save(tmp_path / "pair", [np.concatenate([face, face], axis=1)])
+    half = np.concatenate([face, anon_img], axis=1)
+    one_left = runner.invoke(app, ["eval", "identity", str(pair), str(_save(tmp_path / "half", [half]))])
+    both = _json(one_left.stdout)
+    assert both["faces"] == 2 and both["reidentified"] == 1 and both["reid_rate"] == 0.5
+    assert "2 face(s) in 1 original image(s)" in one_left.output
     bad = runner.invoke(app, ["eval", "identity", str(orig), str(same), "--backend", "arcface", "--pack", str(tmp_path)])
     assert bad.exit_code == 2 and "w600k_r50.onnx" in bad.output
 
@@ -107,5 +115,6 @@ def test_eval_identity_and_fid_commands(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = _json(result.stdout)
     assert abs(metrics["fid"]) < 1e-6 and metrics["n_a"] == 4 and "pytorch-fid" in metrics["backend"]
+    assert "only 4 images" in metrics["warning"] and "warning: only 4 images" in result.output
     missing = runner.invoke(app, ["eval", "fid", str(a), str(a), "--weights", str(tmp_path / "nope.pth")])
     assert missing.exit_code == 2 and "nope.pth" in missing.output and "make setup" in missing.output
