@@ -16,29 +16,29 @@ import numpy as np
 
 
 def _inside(kind: str, box, shape) -> tuple[slice, slice, np.ndarray] | None:
-    """The region's bounding slices and its mask within them; None when it is empty in the frame."""
+    """The region's bounding slices and, within them, the pixels the anonymization methods may change
+    (`inference.anonymize_methods.region_mask`, evaluated on the box's bounds only); None when empty."""
+    from inference.anonymize_methods import region_mask
+
     x, y, w, h = (float(v) for v in box)
     H, W = shape[:2]
     x0, y0, x1, y1 = max(0, int(np.floor(x))), max(0, int(np.floor(y))), min(W, int(np.ceil(x + w))), min(H, int(np.ceil(y + h)))
     if x1 <= x0 or y1 <= y0:
         return None
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-    if kind == "plate":
-        mask = (xs >= x) & (xs <= x + w) & (ys >= y) & (ys <= y + h)
-    else:
-        rx, ry = max(w / 2, 0.5), max(h / 2, 0.5)
-        mask = ((xs - x - w / 2) / rx) ** 2 + ((ys - y - h / 2) / ry) ** 2 <= 1.0
+    mask = region_mask(kind, (x - x0, y - y0, w, h), (y1 - y0, x1 - x0))
     return (slice(y0, y1), slice(x0, x1), mask) if mask.any() else None
+
+
+def _change(current: np.ndarray, previous: np.ndarray, inside: tuple[slice, slice, np.ndarray]) -> float:
+    ys, xs, mask = inside
+    diff = np.abs(current[ys, xs].astype(np.int16) - previous[ys, xs].astype(np.int16))
+    return float(diff[mask].mean())
 
 
 def region_change(current: np.ndarray, previous: np.ndarray, kind: str, box) -> float | None:
     """Mean absolute difference (0-255 scale) of two frames inside one region; None when the region is empty."""
     inside = _inside(kind, box, current.shape)
-    if inside is None:
-        return None
-    ys, xs, mask = inside
-    diff = np.abs(current[ys, xs].astype(np.int16) - previous[ys, xs].astype(np.int16))
-    return float(diff[mask].mean())
+    return None if inside is None else _change(current, previous, inside)
 
 
 @dataclass
@@ -59,12 +59,11 @@ class FlickerMeter:
             for track, region in tracked:
                 if track not in self._previous_tracks:
                     continue
-                out = region_change(frame_out, previous_out, region.kind, region.box)
-                orig = region_change(frame_in, previous_in, region.kind, region.box)
-                if out is None or orig is None:
+                inside = _inside(region.kind, region.box, frame_in.shape)  # one mask for both differences
+                if inside is None:
                     continue
-                self.output_change += out
-                self.original_change += orig
+                self.output_change += _change(frame_out, previous_out, inside)
+                self.original_change += _change(frame_in, previous_in, inside)
                 self.pairs += 1
         self._previous_tracks = {track for track, _ in tracked}
 

@@ -278,12 +278,12 @@ def _anonymize_frame(frame: np.ndarray, here: list[FrameRegion], previous_out: n
 
 
 def anonymize_video(input_path: Path, output_path: Path, params, opts: Options, anonymizer, progress: bool | None,
-                    max_frames: int | None = None, regions=None) -> dict:
-    """Both passes; `max_frames` keeps only the first frames (the anonymization report's short samples), and
-    `regions` (video_regions' result) lets several methods share one detection pass."""
+                    max_frames: int | None = None, regions=None, probe=None) -> dict:
+    """Both passes; `max_frames` keeps only the first frames (the anonymization report's short samples),
+    `regions` (video_regions' result) lets several methods share one detection pass, and `probe` one probe."""
     codec = params.anonymize.codec
     check_encoder(codec)
-    probe = probe_video(input_path)  # VideoError names the file and the reason
+    probe = probe or probe_video(input_path)  # VideoError names the file and the reason
     width, height = probe.width, probe.height
     if regions is None:
         regions = video_regions(input_path, params, opts, probe.frames, width, height, progress, max_frames)
@@ -359,12 +359,11 @@ def anonymize_path(input_path: str | Path, output_path: str | Path, params=None,
     input_path, output_path = Path(input_path), Path(output_path)
     opts = options_from(params, method, device, batch_size)
     kind = _check_paths(input_path, output_path)
-    if kind == "video":
-        probe_video(input_path)  # a text file named .mp4 is said before any model loads
+    probe = probe_video(input_path) if kind == "video" else None  # a text file named .mp4 is said before any model loads
     if opts.method == "lora" and anonymizer is None:
         anonymizer = load_lora_anonymizer(params, opts.device, lora_dir, base_dir, opts.batch_size)
     if kind == "video":
-        summary = anonymize_video(input_path, output_path, params, opts, anonymizer, progress)
+        summary = anonymize_video(input_path, output_path, params, opts, anonymizer, progress, probe=probe)
     else:
         summary = anonymize_images(input_path, output_path, params, opts, anonymizer, kind, progress)
         if not summary["regions"]:

@@ -5,6 +5,7 @@ stage bodies: paths in, files out, a StageOutput back."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -25,8 +26,6 @@ SETUP_HINT = "run `make setup` (it writes the embedded tiny base) or point anony
 
 
 def _has_annotations(path: Path) -> bool:
-    import json
-
     return bool(json.loads(path.read_text()).get("annotations"))
 
 
@@ -191,8 +190,6 @@ GRID_ORDER = ("original", "blur", "pixelate", "fill", "anonymizer")
 
 
 def _trained_anonymizer() -> tuple[Path, dict]:
-    import json
-
     lora_dir, train_json = LORA / "lora", LORA / "train.json"
     if not lora_dir.is_dir() or not train_json.is_file():
         raise StageInputError(f"{lora_dir}: missing; materialize `lora_checkpoint` first")
@@ -230,8 +227,6 @@ def _method_grids(val, results, rows: int) -> list[tuple[str, dict]]:
 def flicker_clips(count: int) -> list[tuple[str, Path]]:
     """(clip id, path) of the raw clips `aubergine anonymize` runs on for the flicker measure: the clip with the
     most region frames of each kind first (a face clip and a plate clip), then the next by region frames."""
-    import json
-
     index = REGION_TRACKS / "index.json"
     if count < 1 or not index.is_file():
         return []
@@ -297,8 +292,6 @@ def _eval_split() -> str:
 def anonymization_eval_data(params: Params) -> tuple[str, str]:
     """(split, hash) of what the anonymizer's numbers are measured on: the split's COCO file and images, the
     detector that measures utility, and the knobs that pick the sample and the identity backend."""
-    import json
-
     split = _eval_split()
     doc = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
     r = params.anonymization.report
@@ -344,11 +337,11 @@ def flat_metrics(results, reference: dict) -> dict:
 
 
 def run_anonymization_report(params: Params) -> StageOutput:
-    import json
     import tempfile
 
     from evaluation.anonymization_eval import method_table
     from evaluation.report import write_report
+    from inference.anonymize_media import anonymizer_settings
     from inference.anonymize_methods import BASELINE_FUNCS, LoraAnonymizer
     from inference.anonymizer_pyfunc import SETTINGS_FILE, AnonymizerPyfunc
     from training.restorer import pick_device
@@ -359,8 +352,6 @@ def run_anonymization_report(params: Params) -> StageOutput:
     tiny = bool(trained.get("tiny_stand_in"))
     data_hash = coco_hash()
     split, eval_hash = anonymization_eval_data(params)
-    from inference.anonymize_media import anonymizer_settings
-
     settings = anonymizer_settings(params)
     anonymizer = LoraAnonymizer(base_dir, lora_dir, **settings, device=str(pick_device(a.device)))
     methods = {"anonymizer": anonymizer, **BASELINE_FUNCS}

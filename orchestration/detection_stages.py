@@ -233,9 +233,14 @@ def _init_label() -> str:
         return "unknown (no data/models/detector/train.json)"
 
 
+def detection_split() -> str:
+    """val, unless every source fell in one group (e.g. a single clip) and nothing is held out."""
+    return "val" if json.loads((UNIFIED_COCO / "val.json").read_text())["images"] else "train"
+
+
 def detection_eval_data() -> tuple[str, str]:
     """(split, hash) of what the detector's numbers are measured on: that split's COCO file and its images."""
-    split = "val" if json.loads((UNIFIED_COCO / "val.json").read_text())["images"] else "train"
+    split = detection_split()
     doc = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
     return split, fingerprint(split, hash_files(UNIFIED_COCO / f"{split}.json",
                                                 *(UNIFIED_COCO / im["file_name"] for im in doc["images"])))
@@ -265,7 +270,6 @@ def run_detection_report(params: Params) -> StageOutput:
         raise StageInputError(f"{source}: missing; materialize `detector_checkpoint` first")
     data_hash = coco_hash()
     model, meta = load_detector(source, device=pick_device(params.detector.device))
-    # val, unless every source fell in one group (e.g. a single clip) and nothing is held out
     split, eval_hash = detection_eval_data()
     gt = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
     if not gt["images"]:

@@ -47,13 +47,13 @@ def _restorer(params: Params) -> Rescorer:
 
 
 def _detector(params: Params) -> Rescorer:
-    from orchestration.detection_stages import detection_eval_data, evaluate_detector
+    from orchestration.detection_stages import detection_eval_data, detection_split, evaluate_detector
 
     def rescore(uri: str) -> dict[str, float]:
         import mlflow.pytorch
 
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
-        result, _ = evaluate_detector(model.eval(), detection_eval_data()[0])
+        result, _ = evaluate_detector(model.eval(), detection_split())
         return _numeric(result.metrics)
 
     return Rescorer(DETECTOR, lambda: detection_eval_data()[1], rescore)

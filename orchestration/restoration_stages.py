@@ -162,10 +162,14 @@ def _has_scenes(split: str) -> bool:
     return any((RESTORATION_DATASET / split / "crop_unscaled_meta").glob("*.json"))
 
 
+def _eval_split() -> str:
+    return "val" if _has_scenes("val") else "train"
+
+
 def restoration_eval_data(params: Params) -> tuple[str, str]:
     """(split, hash) of what the restorer's numbers are measured on: every file of that split and the knobs
     that shape the measurement. Two runs with equal hashes measured the same thing."""
-    split = "val" if _has_scenes("val") else "train"
+    split = _eval_split()
     files = sorted(p for p in (RESTORATION_DATASET / split).rglob("*") if p.is_file())
     return split, fingerprint(split, hash_files(*files), params.restoration.report.max_scenes,
                               params.restoration.stage1.lq_size)
@@ -179,8 +183,7 @@ def evaluate_restorer(params: Params, model, grid_frames: int = 0):
 
     s1, rep = params.restoration.stage1, params.restoration.report
     restorer = Restorer(model, s1.lq_size, pick_device(s1.device), fp16=False)
-    split, _ = restoration_eval_data(params)
-    return evaluate_split(restorer.restore, RESTORATION_DATASET, split, rep.max_scenes, grid_frames)
+    return evaluate_split(restorer.restore, RESTORATION_DATASET, _eval_split(), rep.max_scenes, grid_frames)
 
 
 def run_restoration_report(params: Params) -> StageOutput:
