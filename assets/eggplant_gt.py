@@ -19,7 +19,8 @@ def composite_clip(record: dict, out_dir: Path, eggplant, encoder: EncoderSettin
         if scene.id not in compositors:
             # A folder of sprites: each scene keeps one sprite, chosen reproducibly.
             pick = int(scene_rng(seed, record["clip_id"], scene.id, "sprite").integers(len(sprites)))
-            compositors[scene.id] = EggplantCompositor(sprites[pick], eggplant.fill, eggplant.color_match, eggplant.edge_feather)
+            compositors[scene.id] = EggplantCompositor(sprites[pick], eggplant.fill, eggplant.color_match, eggplant.edge_feather,
+                                                      eggplant.fit)
         mask = full_frame_mask(scene, offset, frame.shape[:2], mask_shape)
         return {"frames": compositors[scene.id].composite(frame, scene.regions[offset], mask)}
 

@@ -15,6 +15,8 @@ RestorationDatasetMetadataV2 so that Lada's trainer reads what we write and we r
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +49,9 @@ V2_FIELDS: dict[str, tuple[type, ...]] = {
 }
 BLOCK_SIZE_KEYS = ("mosaic_size_v3", "mosaic_size_v2", "mosaic_size_v1_normal", "mosaic_size_v1_bounding")
 MOSAIC_KEYS = ("mod", "rect_ratio", "mosaic_size", "feather_size")
+
+PATH_KEYS = ("relative_nsfw_video_path", "relative_mask_video_path", "relative_mosaic_nsfw_video_path",
+             "relative_mosaic_mask_video_path")
 
 
 class DatasetFormatError(ValueError):
@@ -161,18 +166,42 @@ class RestorationDataset:
         if not meta_dir.is_dir():
             raise DatasetFormatError(f"{meta_dir}: no such folder; materialize restoration_dataset first")
         self.items: list[SceneItem] = []
+        self.rejected: list[str] = []  # one line per scene left out, naming its meta file, key and reason
         for meta_path in sorted(meta_dir.glob("*.json")):
             try:
                 record = json.loads(meta_path.read_text())
             except json.JSONDecodeError as err:
                 raise DatasetFormatError(f"{meta_path}: not valid JSON ({err})") from None
             validate_record(record, str(meta_path))
+            problem = self._escaping_path(meta_path, record)
             item = SceneItem(meta_path, record)
-            for path in (item.gt_path, item.mask_path):
-                if not path.is_file():
-                    raise DatasetFormatError(f"{meta_path}: referenced video {path} does not exist")
+            if problem is None:
+                problem = next((f"{meta_path}: {key} -> {path} does not exist"
+                                for key, path in (("relative_nsfw_video_path", item.gt_path),
+                                                  ("relative_mask_video_path", item.mask_path))
+                                if not path.is_file()), None)
+            if problem is not None:
+                # A shared dataset with one bad entry stays usable: that scene is left out, loudly.
+                self.rejected.append(problem)
+                warnings.warn(f"restoration dataset: scene left out: {problem}", stacklevel=2)
+                continue
             if item.frames_count >= min_frames:
                 self.items.append(item)
+
+    def _escaping_path(self, meta_path: Path, record: dict) -> str | None:
+        """Datasets travel between people: a meta entry may only name videos inside the dataset root. The check
+        is on the normalised path (no symlink resolution), so a root whose folders are links still reads."""
+        root = os.path.normpath(os.path.abspath(self.root))
+        for key in PATH_KEYS:
+            rel = record.get(key)
+            if not rel:
+                continue
+            if os.path.isabs(rel):
+                return f"{meta_path}: {key} = {rel!r} is absolute; paths must be relative to the meta file"
+            target = os.path.normpath(os.path.join(os.path.abspath(meta_path.parent), rel))
+            if os.path.commonpath([root, target]) != root:
+                return f"{meta_path}: {key} = {rel!r} leads outside the dataset root {self.root}"
+        return None
 
     def __len__(self) -> int:
         return len(self.items)

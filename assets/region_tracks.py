@@ -12,7 +12,7 @@ from tqdm import tqdm
 from assets.atomic import write_json
 from assets.detect import build_detector
 from assets.lada_meta import scene_name
-from assets.tracks import Scene, associate, build_scenes, cut_and_pad, region_mask
+from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks, region_mask
 from assets.video import MASK_ENCODER, VideoError, VideoWriter, read_frames
 
 
@@ -35,7 +35,8 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     if len(detections) < clip["frames"]:
         raise VideoError(f"{path}: decoded {len(detections)} of {clip['frames']} frames")
     max_gap = tracking.max_gap_frames + detection.every_n_frames - 1
-    tracks = associate(detections, tracking.iou_threshold, max_gap)
+    tracks, dropped = filter_tracks(associate(detections, tracking.iou_threshold, max_gap),
+                                    tracking.min_track_detections, tracking.min_track_score)
     height, width = clip["height"], clip["width"]
     scenes = build_scenes(tracks, clip["fps"], width, height, tracking)
     mask_dir = out_dir / "masks" / clip["clip_id"]
@@ -53,8 +54,10 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
         "height": height,
         "detections": int(sum(len(d) for d in detections)),
         "frames_with_detections": int(sum(bool(d) for d in detections)),
+        "tracks_dropped": dropped,
         "tracks": [
             {"id": t.id, "kind": t.kind, "start": t.start, "stop": t.start + len(t.boxes),
+             "mean_score": round(t.mean_score, 4),
              "boxes": [None if b is None else [round(float(v), 2) for v in b] for b in t.boxes]}
             for t in tracks
         ],

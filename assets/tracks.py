@@ -31,6 +31,16 @@ class Track:
     kind: str
     start: int
     boxes: list[Box | None] = field(default_factory=list)  # one per frame from `start`; None = missed
+    scores: list[float | None] = field(default_factory=list)  # the detector's score beside each box
+
+    @property
+    def detections(self) -> int:
+        return sum(b is not None for b in self.boxes)
+
+    @property
+    def mean_score(self) -> float:
+        seen = [s for s in self.scores if s is not None]
+        return float(np.mean(seen)) if seen else 1.0
 
     @property
     def last_seen(self) -> int:
@@ -65,11 +75,14 @@ def associate(detections_per_frame: list[list], iou_threshold: float, max_gap: i
             used_t.add(ti)
             used_d.add(di)
             track = active[ti]
-            track.boxes.extend([None] * (index - track.start - len(track.boxes)))
+            gap = index - track.start - len(track.boxes)
+            track.boxes.extend([None] * gap)
+            track.scores.extend([None] * gap)
             track.boxes.append(tuple(detections[di].box))
+            track.scores.append(float(getattr(detections[di], "score", 1.0)))
         for di, det in enumerate(detections):
             if di not in used_d:
-                active.append(Track(next_id, det.kind, index, [tuple(det.box)]))
+                active.append(Track(next_id, det.kind, index, [tuple(det.box)], [float(getattr(det, "score", 1.0))]))
                 next_id += 1
         still = []
         for track in active:
@@ -79,7 +92,23 @@ def associate(detections_per_frame: list[list], iou_threshold: float, max_gap: i
     for track in done:  # trailing misses are not part of the track
         while track.boxes and track.boxes[-1] is None:
             track.boxes.pop()
+        del track.scores[len(track.boxes):]
     return sorted(done, key=lambda t: t.id)
+
+
+def filter_tracks(tracks: list[Track], min_detections: int, min_score: float) -> tuple[list[Track], dict[str, int]]:
+    """The tracks worth a region: detected on at least `min_detections` frames and with a mean detector score of
+    at least `min_score` (a one-frame hit on grass, a face on a wall the detector doubts all along). Returns
+    (kept, {reason: tracks dropped})."""
+    kept, dropped = [], {"too_few_detections": 0, "low_mean_score": 0}
+    for track in tracks:
+        if track.detections < min_detections:
+            dropped["too_few_detections"] += 1
+        elif track.mean_score < min_score:
+            dropped["low_mean_score"] += 1
+        else:
+            kept.append(track)
+    return kept, dropped
 
 
 def fill_gaps(boxes: list[Box | None]) -> np.ndarray:

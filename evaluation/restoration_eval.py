@@ -4,6 +4,12 @@ eggplant GT, full-frame and inside the region masks (PSNR/SSIM from `restoration
 Each scene is restored as the model was trained: the padded scene frames, scaled/padded to the model's
 square. Metrics are then taken on every frame's own crop (the per-frame pad cut away), so the zero pad
 Lada stores around small crops cannot flatter either side.
+
+Stability: a scene's frames are crops centred on the smoothed track at the frame's own scale, so two
+consecutive padded frames are aligned to the track. Inside the region on both frames, the mean absolute
+change from one frame to the next of the output, of the GT and of the mosaic input (0-255), pooled over
+every pair; `temporal_ratio` = output's / GT's (about 1 = as steady as the composited eggplant, well above 1
+= it flickers).
 """
 
 from __future__ import annotations
@@ -18,6 +24,41 @@ from assets import contact_sheet
 from assets.lada_meta import RestorationDataset
 from assets.tracks import unpad
 from evaluation.restoration_metrics import _Accumulator, _frame_stats
+
+
+@dataclass
+class TemporalChange:
+    """Pooled frame-to-frame change inside the regions: sums of absolute differences per stream and the pixel
+    count. `temporal_ratio` = output's change / the `reference` stream's (the GT in the dataset; the original
+    video in a whole-video restore, which has no GT)."""
+
+    reference: str = "gt"
+    sums: dict[str, float] = field(default_factory=dict)
+    pixels: int = 0
+
+    def add_pair(self, now: dict[str, np.ndarray], before: dict[str, np.ndarray], both: np.ndarray) -> None:
+        """`both`: bool (H, W), the region on both frames."""
+        n = int(both.sum())
+        if not n:
+            return
+        for name, frame in now.items():
+            diff = np.abs(frame.astype(np.int16) - before[name].astype(np.int16))
+            self.sums[name] = self.sums.get(name, 0.0) + float(diff[both].sum()) / 3.0  # per pixel, channels averaged
+        self.pixels += n
+
+    def add(self, frames: dict[str, list[np.ndarray]], masks: list[np.ndarray]) -> None:
+        for k in range(1, len(masks)):
+            both = (masks[k] > 127) & (masks[k - 1] > 127)
+            if both.ndim == 3:
+                both = both[..., 0]
+            self.add_pair({n: seq[k] for n, seq in frames.items()}, {n: seq[k - 1] for n, seq in frames.items()}, both)
+
+    def metrics(self) -> dict:
+        names = sorted({"input", "output", self.reference} | set(self.sums))
+        mean = {name: self.sums[name] / self.pixels if self.pixels and name in self.sums else None for name in names}
+        out, ref = mean.get("output"), mean.get(self.reference)
+        return {**{f"{name}_temporal_change": value for name, value in mean.items()},
+                "temporal_ratio": out / ref if out is not None and ref else None}
 
 
 @dataclass
@@ -44,12 +85,16 @@ def evaluate_split(restore, root: str | Path, split: str = "val", max_scenes: in
     if not items:
         raise ValueError(f"{Path(root) / split}: no scenes with a pre-generated mosaic to evaluate")
     acc_in, acc_out = _Accumulator(), _Accumulator()
+    temporal = TemporalChange()
     rows, grids = [], []
     for item in tqdm(items, desc=f"evaluate {split}", unit="scene", disable=not progress):
         lq = RestorationDataset.read(item, "lq")
         gt = RestorationDataset.read(item, "gt")
         masks = RestorationDataset.read(item, "mask")
         out = restore(lq)
+        scene_temporal = TemporalChange()
+        for meter in (temporal, scene_temporal):
+            meter.add({"input": lq, "output": out, "gt": gt}, masks)
         scene_in, scene_out = _Accumulator(), _Accumulator()
         for k, pad in enumerate(item.pads):
             g, m = unpad(gt[k], pad), unpad(masks[k], pad)
@@ -64,6 +109,7 @@ def evaluate_split(restore, root: str | Path, split: str = "val", max_scenes: in
             "psnr_region_input": si["psnr_region"], "psnr_region_output": so["psnr_region"],
             "ssim_region_input": si["ssim_region"], "ssim_region_output": so["ssim_region"],
             "psnr_input": si["psnr"], "psnr_output": so["psnr"],
+            "temporal_ratio": scene_temporal.metrics()["temporal_ratio"],
         })
         if len(grids) < max_grids:
             picks = contact_sheet.pick_indices(item.frames_count, grid_frames)
@@ -72,7 +118,8 @@ def evaluate_split(restore, root: str | Path, split: str = "val", max_scenes: in
                 "output": [unpad(out[i], item.pads[i]) for i in picks],
                 "GT": [unpad(gt[i], item.pads[i]) for i in picks],
             }))
-    metrics = {**_summary("input", acc_in), **_summary("output", acc_out), "scenes": len(items), "frames": acc_in.frames}
+    metrics = {**_summary("input", acc_in), **_summary("output", acc_out), **temporal.metrics(), "scenes": len(items),
+               "frames": acc_in.frames}
     if metrics["output_psnr_region"] is not None and metrics["input_psnr_region"] is not None:
         metrics["psnr_region_gain_db"] = metrics["output_psnr_region"] - metrics["input_psnr_region"]
     metrics["psnr_gain_db"] = metrics["output_psnr"] - metrics["input_psnr"]

@@ -3,9 +3,11 @@
 1. Regions per frame: `regions=detect` uses the `detection` section's face/plate detectors (or a
    `<clip>.coco.json` sidecar), `regions=mosaic` finds already-pixelated areas with the grid mosaic
    detector (or takes the sidecar's boxes).
-2. Detections are linked into tracks and cut into scenes exactly as the lineage does (`assets.tracks`,
-   the `tracking` section), except that scenes are cut at `max_clip_length` frames and no track is too
-   short to be restored (privacy first: a region seen on 3 frames is still replaced).
+2. Detections are linked into tracks and filtered exactly as the lineage does (`assets.tracks`, the
+   `tracking` section: a track detected on fewer than `min_track_detections` frames or with a mean score
+   under `min_track_score` is a false positive, dropped and counted in the summary's `tracks_dropped`, so a
+   one-frame hit does not flash), then cut into scenes of at most `max_clip_length` frames; a kept track of
+   any length is restored.
 3. Each scene is cut out Lada-style (crop + centred pad to the scene shape). With `regions=detect` the
    training mosaic (same block-size rule and modes as `mosaic_lq`) is drawn over the region first, so
    the model sees what it was trained on. The Restorer scales/pads the crops to its square input and
@@ -33,7 +35,7 @@ from assets.atomic import atomic_path
 from assets.detect import CombinedDetector, SidecarCoco, build_detector
 from assets.mosaic import apply_mosaic, sample_spec, scene_rng
 from assets.region_tracks import full_frame_mask, scenes_by_frame
-from assets.tracks import Scene, associate, build_scenes, cut_and_pad
+from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks
 from assets.video import VideoError, probe_video, read_frames
 from inference.blend import blend_into
 from inference.media import OUTPUT_SUFFIXES, OutputWriter, check_encoder, mux_audio, output_settings
@@ -99,9 +101,10 @@ def region_detector(path: Path, params, regions: str):
 
 
 def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, width: int, height: int,
-                total: int | None = None, progress: bool | None = None) -> tuple[list[Scene], list, int, int]:
-    """Decode once, detect, track, cut scenes of at most `max_clip_length` frames.
-    Returns (scenes ordered by start, tracks, number of detections, frames decoded)."""
+                total: int | None = None, progress: bool | None = None) -> tuple[list[Scene], list, int, int, dict]:
+    """Decode once, detect, track, drop the tracks the lineage would drop (`tracking.min_track_detections`,
+    `min_track_score`), cut scenes of at most `max_clip_length` frames. Returns (scenes ordered by start, kept
+    tracks, number of detections, frames decoded, {reason: tracks dropped})."""
     detection = params.detection
     detections: list[list] = []
     frames = tqdm(read_frames(path), total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
@@ -109,9 +112,10 @@ def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, 
         detections.append(detector(frame, index) if index % detection.every_n_frames == 0 else [])
     tracking = params.tracking.model_copy(update={"max_scene_frames": max_clip_length, "min_scene_frames": 1})
     tracks = associate(detections, tracking.iou_threshold, tracking.max_gap_frames + detection.every_n_frames - 1)
+    tracks, dropped = filter_tracks(tracks, tracking.min_track_detections, tracking.min_track_score)
     scenes = build_scenes(tracks, fps, width, height, tracking)
     scenes.sort(key=lambda s: (s.start, s.id))
-    return scenes, tracks, int(sum(len(d) for d in detections)), len(detections)
+    return scenes, tracks, int(sum(len(d) for d in detections)), len(detections), dropped
 
 
 def _mosaic_specs(scenes: list[Scene], shape: tuple[int, int], params, clip_name: str, mask_shape: str) -> dict:
@@ -143,11 +147,14 @@ def restore_video(
     size: int | None = None,
     max_frames: int = 30,
     progress: bool | None = None,
+    temporal=None,
 ) -> dict:
     """Restore every detected region of a whole video. Returns a JSON-able summary (its `output` is the
     written file). Either `checkpoint` or a ready `restorer` (training.restorer.Restorer) is needed.
     Options left at None come from `params.restore` (params = orchestration.config.Params; defaults if None).
-    `progress`: None = a tqdm bar when attached to a terminal, True/False = always/never."""
+    `progress`: None = a tqdm bar when attached to a terminal, True/False = always/never. `temporal`: an
+    `evaluation.restoration_eval.TemporalChange(reference="input")` fed the change inside every restored
+    region from one written frame to the next (the report's stability figure for a whole video)."""
     started = time.perf_counter()
     params = _params(params)
     rp = params.restore
@@ -171,7 +178,7 @@ def restore_video(
         restorer = load_restorer(checkpoint, size, device or rp.device, max_frames, rp.fp16)
     detector = region_detector(input_path, params, regions)
     width, height = probe.width, probe.height
-    scenes, tracks, n_detections, decoded = find_scenes(
+    scenes, tracks, n_detections, decoded, dropped = find_scenes(
         input_path, detector, params, max_clip_length, probe.fps, width, height, probe.frames, progress
     )
     summary = {
@@ -179,6 +186,7 @@ def restore_video(
         "fps_fraction": probe.fps_fraction, "size": [width, height], "regions_mode": regions, "model_input_size": restorer.size,
         "detections": n_detections, "regions_found": len({s.track_id for s in scenes}), "scenes": len(scenes),
         "scene_frames": int(sum(s.frames for s in scenes)), "max_clip_length": max_clip_length,
+        "tracks_dropped": dropped,
     }
     if not scenes:
         _copy_atomic(input_path, output_path)
@@ -196,7 +204,7 @@ def restore_video(
     video_dest = (workdir / f"video{output_path.suffix or '.mp4'}") if workdir else output_path
     try:
         written = _restore_frames(input_path, video_dest, scenes, restorer, specs, shape, mask_shape, rp.blend_feather,
-                                  probe.fps_fraction, settings, decoded, progress)
+                                  probe.fps_fraction, settings, decoded, progress, temporal)
         audio = mux_audio(video_dest, input_path, output_path) if workdir else None
     finally:
         if workdir is not None:
@@ -208,8 +216,9 @@ def restore_video(
 
 
 def _restore_frames(input_path: Path, dest: Path, scenes: list[Scene], restorer, specs: dict, shape, mask_shape: str,
-                    feather: float, fps_fraction: str, settings, total: int, progress: bool | None) -> int:
+                    feather: float, fps_fraction: str, settings, total: int, progress: bool | None, temporal=None) -> int:
     active = scenes_by_frame(scenes)  # per frame, scenes in list order (= by start)
+    previous: dict = {}  # the last written frame pair and its scenes' masks, for `temporal`
     pending: dict[int, list[np.ndarray]] = {}
     done: dict[int, list[np.ndarray]] = {}
     buffer: deque[tuple[int, np.ndarray]] = deque()
@@ -226,6 +235,14 @@ def _restore_frames(input_path: Path, dest: Path, scenes: list[Scene], restorer,
                                scene.regions[offset], scene.kind, mask_shape, feather)
                     if index + 1 == scene.stop:
                         del done[scene.id]
+                if temporal is not None:
+                    masks = {scene.id: full_frame_mask(scene, index - scene.start, shape, mask_shape) > 0 for scene in here}
+                    for sid, mask in masks.items():
+                        if sid in previous.get("masks", {}):
+                            temporal.add_pair({"input": frame, "output": out},
+                                              {"input": previous["input"], "output": previous["output"]},
+                                              mask & previous["masks"][sid])
+                    previous.update(input=frame, output=out, masks=masks)
                 writer.write(out)
 
         frames = tqdm(read_frames(input_path), total=total, desc=f"restore {input_path.name}", unit="frame", leave=False,

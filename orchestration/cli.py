@@ -280,7 +280,7 @@ def export_cmd(
     import json as _json
 
     from assets.weights import WeightsError
-    from training.checkpoints import CheckpointError, export_lada, load_generator
+    from training.checkpoints import LADA_DEFAULT_SIZE, CheckpointError, export_lada, lada_config_path, load_generator
 
     try:
         model, info = load_generator(checkpoint, prefer_ema=ema)
@@ -288,8 +288,17 @@ def export_cmd(
         export_lada(model, output, meta={"exported_from": str(checkpoint), "source_part": info["part"], **carried})
     except (WeightsError, CheckpointError) as err:
         _fail(str(err))
-    typer.echo(_json.dumps({"output": str(output), "mid_channels": info["mid_channels"], "num_blocks": info["num_blocks"],
-                            "weights": info["part"]}))
+    config = lada_config_path(output)
+    if (info["mid_channels"], info["num_blocks"]) != LADA_DEFAULT_SIZE:
+        typer.secho(
+            f"WARNING: {output} is BasicVSR++ mid_channels={info['mid_channels']}, num_blocks={info['num_blocks']}, not "
+            f"Lada's default {LADA_DEFAULT_SIZE[0]}/{LADA_DEFAULT_SIZE[1]}. Lada loads weights non-strictly: without "
+            f"--mosaic-restoration-config-path {config} it builds the default size and leaves most tensors random.",
+            fg=typer.colors.YELLOW, err=True)
+    typer.echo(_json.dumps({"output": str(output), "lada_config": str(config), "mid_channels": info["mid_channels"],
+                            "num_blocks": info["num_blocks"], "weights": info["part"],
+                            "lada_cli": f"lada-cli --mosaic-restoration-model-path {output} "
+                                        f"--mosaic-restoration-config-path {config} --input IN.mp4 --output OUT.mp4"}))
 
 
 def main() -> None:  # pragma: no cover

@@ -94,6 +94,8 @@ class TrackingParams(_Strict):
     smoothing_seconds: Annotated[float, Field(ge=0)] = 1.0
     min_scene_frames: PositiveInt = 12
     max_scene_frames: PositiveInt = 240
+    min_track_detections: PositiveInt = 3  # a track seen on fewer frames is a false positive (lineage and restore)
+    min_track_score: Fraction = 0.75  # ... and one whose mean detector score stays below this (Haar scores are 1)
     box_margin: Annotated[float, Field(ge=0, le=2)] = 0.15
     crop_margin: Annotated[float, Field(ge=0, le=2)] = 0.4
     mask_shape: Literal["ellipse", "rect"] = "ellipse"
@@ -112,6 +114,7 @@ class EggplantParams(_Strict):
 
     sprites: str = "emoji"  # "emoji" (Noto U+1F346, provisioned at set-up) or a folder of RGBA PNGs
     emoji_png: str = "data/media/eggplant/emoji_u1f346.png"
+    fit: Literal["cover", "contain"] = "cover"  # cover = every mask pixel is eggplant (assets/eggplant.py)
     fill: Annotated[float, Field(gt=0, le=1.5)] = 1.0
     color_match: Fraction = 0.35
     edge_feather: Fraction = 0.08

@@ -71,6 +71,7 @@ def _publish(out: Path, result, config: dict, title: str, metrics_path: Path, ex
     images = {}
     with atomic_dir(out) as tmp:
         ckpt.save_atomic({"meta": meta, "state_dict": published}, tmp / GENERATOR)
+        ckpt.write_lada_config(tmp / GENERATOR, int(meta.get("mid_channels", 64)), int(meta.get("num_blocks", 15)))
         write_json(tmp / "history.json", result.history)
         write_json(tmp / "train.json", {**metrics, "labels": result.labels, "config": config, "device": result.device})
         if result.history:
@@ -96,7 +97,10 @@ def run_stage1(params: Params) -> StageOutput:
 
     s1 = params.restoration.stage1
     data_hash = _dataset_hash()
-    run_key = fingerprint("stage1", _recipe(s1), params.seed, data_hash)
+    init = Path(s1.load_from) if s1.load_from else None
+    # The start weights' content, not only their path: a re-pretrained base must not resume a stale run.
+    init_hash = hash_files(init) if init is not None and init.is_file() else None
+    run_key = fingerprint("stage1", _recipe(s1), params.seed, data_hash, init_hash)
     work = WORK / "stage1" / run_key
     settings = TrainSettings(
         stage="stage1", dataset_root=RESTORATION_DATASET, work_dir=work, fingerprint=run_key,
@@ -188,7 +192,7 @@ def evaluate_restorer(params: Params, model, grid_frames: int = 0):
 
 def run_restoration_report(params: Params) -> StageOutput:
     from evaluation.report import write_report
-    from training.checkpoints import load_generator
+    from training.checkpoints import load_generator, stand_in_base
 
     s1, rep = params.restoration.stage1, params.restoration.report
     source = STAGE2 / GENERATOR
@@ -200,15 +204,28 @@ def run_restoration_report(params: Params) -> StageOutput:
     tracking.set_tags({tracking.EVAL_DATA_TAG: eval_hash})
     train1 = json.loads((STAGE1 / "train.json").read_text()) if (STAGE1 / "train.json").is_file() else {}
     init_label = (train1.get("labels") or {}).get("init", "unknown")
-    embedded = s1.load_from is None
+    base = stand_in_base(s1.load_from)
+    embedded = s1.load_from is None or base is not None
     metrics = {**evaluation.metrics, "evaluated_on_val": split == "val", "model_mid_channels": info["mid_channels"], "model_num_blocks": info["num_blocks"],
                "weights": info["part"]}
+    if (STAGE1 / GENERATOR).is_file() and params.restoration.stage2.enabled:
+        # Stage 1's own figures beside the final model's: what the polish changed.
+        stage1_model, _ = load_generator(STAGE1 / GENERATOR)
+        stage1 = evaluate_restorer(params, stage1_model, 0).metrics
+        metrics.update({f"stage1_{k}": stage1[k] for k in ("output_psnr_region", "output_ssim_region", "psnr_region_gain_db",
+                                                           "output_temporal_change", "temporal_ratio") if k in stage1})
     grids = list(evaluation.grids)
+    base_note = (f"Base (stand-in for Lada's weights): {base['about']}; held-out region PSNR {base['held_out']}, "
+                 f"file sha256 {base['file_sha256'][:12]}." if base else
+                 "Base: random init (no pretrained weights)." if s1.load_from is None else f"Base: {s1.load_from}.")
     notes = [
         f"Model: {source} ({info['part']} weights, mid_channels={info['mid_channels']}, num_blocks={info['num_blocks']}); "
         f"Stage 1 started from: {init_label}.",
+        base_note,
         f"Metrics compare the mosaic input and the restored output with the eggplant GT on the {split} split, over "
-        "each frame's own crop; 'region' = inside the region mask.",
+        "each frame's own crop; 'region' = inside the region mask. Stability: mean absolute frame-to-frame change "
+        "inside the region (track-aligned crops) of the output over that of the GT (temporal_ratio; 1 = as steady "
+        "as the GT).",
     ]
     if split != "val":
         notes.append("The val split is empty (too few clips for a split by clip), so these numbers are on the "
@@ -221,10 +238,13 @@ def run_restoration_report(params: Params) -> StageOutput:
             else:
                 summary, sheet_rows = sample
                 metrics.update({f"sample_{k}": v for k, v in summary.items()
-                                if k in ("frames", "regions_found", "scenes", "seconds")})
+                                if k in ("frames", "regions_found", "scenes", "seconds", "temporal_ratio",
+                                         "output_temporal_change", "input_temporal_change")})
                 grids.append((f"aubergine restore on {summary['clip']}: input | output", sheet_rows))
                 notes.append(f"Whole-video restore of `{summary['clip']}`: {summary.get('regions_found', 0)} regions in "
-                             f"{summary.get('frames')} frames; the video is sample/{Path(summary['output']).name}.")
+                             f"{summary.get('frames')} frames; the video is sample/{Path(summary['output']).name}. "
+                             "Its sample_temporal_ratio compares the change inside the regions with the original "
+                             "video's (there is no GT for a whole video).")
         write_report(
             tmp, title="Restoration report: mosaic → eggplant (BasicVSR++)", metrics=metrics,
             tables={"Val scenes": evaluation.rows}, grids=grids, figures=_curve_figures(), notes=notes,
@@ -253,6 +273,7 @@ def _sample_restore(params: Params, checkpoint: Path, clip_id: str, out_dir: Pat
     """Run the user-facing `aubergine restore` path on one raw clip; the report shows frames before/after."""
     from assets import contact_sheet
     from assets.video import read_frames
+    from evaluation.restoration_eval import TemporalChange
     from inference.restore_video import restore_video
 
     manifest = json.loads((Path("data/interim/raw_clips") / "manifest.json").read_text())
@@ -265,7 +286,10 @@ def _sample_restore(params: Params, checkpoint: Path, clip_id: str, out_dir: Pat
         return None
     src = Path(clips[clip_id]["path"])
     out = out_dir / f"{clip_id}_restored.mp4"
-    summary = restore_video(src, out, checkpoint, params, size=params.restoration.stage1.lq_size, progress=False)
+    temporal = TemporalChange(reference="input")
+    summary = restore_video(src, out, checkpoint, params, size=params.restoration.stage1.lq_size, progress=False,
+                            temporal=temporal)
+    summary.update(temporal.metrics())
     frames_in = list(read_frames(src))
     frames_out = list(read_frames(out))
     picks = contact_sheet.pick_indices(min(len(frames_in), len(frames_out)), 5)

@@ -182,3 +182,39 @@ def test_export_cli_writes_a_lada_file_from_a_training_checkpoint(tmp_path):
     assert torch.equal(data["state_dict"]["generator.conv_last.weight"], gen.state_dict()["conv_last.weight"])
     bad = CliRunner().invoke(app, ["export", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x.pth")])
     assert bad.exit_code == 2 and "missing.pth" in bad.output
+
+
+def test_export_comes_with_a_lada_config_that_builds_the_same_network_strictly(tmp_path):
+    """Lada's loader builds 64/15 without a config and loads non-strictly: an export of another size is only
+    usable with its config. Read ours with mmengine's Config reader (what Lada's `load_model` uses), build the
+    network from it and load the exported weights with no missing or unexpected key."""
+    from mme.config import Config
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    gen = BasicVSRPlusPlusNet(16, 2)
+    torch.save({"meta": {"iteration": 3, "input_size": 128}, "state_dict": ckpt.lada_state_dict(gen)}, tmp_path / "latest.pth")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "latest.pth"), "-o", str(tmp_path / "eggplant.pth")])
+    assert result.exit_code == 0, result.output
+    assert "WARNING" in result.stderr and "mid_channels=16, num_blocks=2" in result.stderr
+    assert "--mosaic-restoration-config-path" in result.stderr
+    config_path = tmp_path / "eggplant_lada_config.py"
+    summary = __import__("json").loads(result.stdout.strip().splitlines()[-1])
+    assert summary["lada_config"] == str(config_path) and str(config_path) in summary["lada_cli"]
+    model_cfg = Config.fromfile(str(config_path)).model
+    assert model_cfg["type"] == "BasicVSRPlusPlusGan" and model_cfg["is_use_ema"] is True
+    net_cfg = model_cfg["generator"]
+    assert net_cfg["type"] == "BasicVSRPlusPlusGanNet"
+    built = BasicVSRPlusPlusNet(net_cfg["mid_channels"], net_cfg["num_blocks"])
+    weights = torch.load(tmp_path / "eggplant.pth", weights_only=True)["state_dict"]
+    report = built.load_state_dict(ckpt.split_prefix(weights, "generator_ema."), strict=True)
+    assert not report.missing_keys and not report.unexpected_keys
+    x = torch.rand(1, 2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(built.eval()(x), gen.eval()(x))
+    # Lada's default size: no warning, and the config still says so
+    torch.save({"meta": {}, "state_dict": ckpt.lada_state_dict(BasicVSRPlusPlusNet(64, 15))}, tmp_path / "big.pth")
+    quiet = CliRunner().invoke(app, ["export", str(tmp_path / "big.pth"), "-o", str(tmp_path / "lada64.pth")])
+    assert quiet.exit_code == 0 and "WARNING" not in quiet.stderr
+    assert Config.fromfile(str(tmp_path / "lada64_lada_config.py")).model["generator"]["mid_channels"] == 64

@@ -156,3 +156,30 @@ def test_dir_metrics_images_and_videos(tmp_path):
     Image.fromarray(img[:, :70]).save(b / "still.png")
     with pytest.raises(FrameMismatchError, match=r"still.png: frame 0: reference shape \(64, 80, 3\) != test shape \(64, 70, 3\)"):
         dir_metrics(a, b, strict=False)
+
+
+def test_temporal_change_counts_only_the_region_on_both_frames_and_compares_with_the_gt():
+    from evaluation.restoration_eval import TemporalChange
+
+    h = w = 16
+    masks = [np.zeros((h, w), np.uint8) for _ in range(3)]
+    for m in masks:
+        m[4:12, 4:12] = 255
+    masks[2][4:12, 4:6] = 0  # a column pair leaves the region on the last frame: not counted
+    gt = [np.full((h, w, 3), 100, np.uint8) for _ in range(3)]
+    gt[1][4:12, 4:12] = 104  # the GT changes by 4 then back
+    steady = [g.copy() for g in gt]
+    flicker = [g.copy() for g in gt]
+    flicker[1][4:12, 4:12] = 116  # the output changes by 16 inside
+    for f in flicker:
+        f[0:4] = 0  # outside the region: ignored
+    meter = TemporalChange()
+    meter.add({"input": gt, "output": flicker, "gt": gt}, masks)
+    got = meter.metrics()
+    assert got["gt_temporal_change"] == pytest.approx(4.0)
+    assert got["output_temporal_change"] == pytest.approx(16.0)
+    assert got["temporal_ratio"] == pytest.approx(4.0)
+    calm = TemporalChange()
+    calm.add({"input": gt, "output": steady, "gt": gt}, masks)
+    assert calm.metrics()["temporal_ratio"] == pytest.approx(1.0)
+    assert TemporalChange().metrics()["temporal_ratio"] is None

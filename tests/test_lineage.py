@@ -357,6 +357,36 @@ def test_reader_reads_a_dataset_written_the_way_lada_writes_it(tmp_path):
         RestorationDataset(root, "train")
 
 
+
+def test_a_meta_path_leaving_the_dataset_root_is_rejected_and_the_other_scenes_load(tmp_path):
+    rng = np.random.default_rng(12)
+    root = tmp_path / "shared_dataset"
+    split_root = root / "train"
+    for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
+        (split_root / sub).mkdir(parents=True)
+    crops = [(10, 12, 60, 70), (11, 12, 62, 71), (12, 13, 63, 73)]
+    for stem in ("good.mp4-000001-", "escapes.mp4-000001-", "absolute.mp4-000001-"):
+        record, _ = _write_lada_scene(split_root, stem, crops, (60, 51), True, rng)
+        if stem.startswith("escapes"):
+            # the file exists, outside the dataset: reading it must still be refused
+            outside = tmp_path / "somewhere" / "else.mp4"
+            outside.parent.mkdir()
+            (split_root / GT_DIR / f"{stem}.mp4").rename(outside)
+            record["relative_nsfw_video_path"] = "../../../somewhere/else.mp4"
+        if stem.startswith("absolute"):
+            record["relative_mosaic_nsfw_video_path"] = str((split_root / LQ_DIR / f"{stem}.mp4").resolve())
+        (split_root / META_DIR / f"{stem}.json").write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="scene left out"):
+        dataset = RestorationDataset(root, "train")
+    assert [item.meta_path.stem for item in dataset] == ["good.mp4-000001-"]
+    assert len(RestorationDataset.read(dataset.items[0], "gt")) == len(crops)
+    by_file = {line.split(":")[0].rsplit("/", 1)[-1]: line for line in dataset.rejected}
+    assert set(by_file) == {"escapes.mp4-000001-.json", "absolute.mp4-000001-.json"}
+    assert "relative_nsfw_video_path" in by_file["escapes.mp4-000001-.json"]
+    assert "outside the dataset root" in by_file["escapes.mp4-000001-.json"]
+    assert "relative_mosaic_nsfw_video_path" in by_file["absolute.mp4-000001-.json"]
+    assert "absolute" in by_file["absolute.mp4-000001-.json"]
+
 def test_our_meta_files_satisfy_lada_readers_key_access(lineage):
     for split in ("train", "val"):
         for meta_path in sorted((DATASET / split / META_DIR).glob("*.json")):

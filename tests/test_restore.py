@@ -363,3 +363,28 @@ def test_restore_regions_detect_mosaics_the_region_before_the_model(work, params
     out, src = frames_of(summary["output"]), frames_of(clip)
     diff = np.abs(out - src).mean(axis=-1)
     assert diff[:, y0 + 4 : y1 - 4, x0 + 4 : x1 - 4].mean() > 20 and diff[:, :, :24].mean() < 1.5
+
+
+def test_false_positive_tracks_are_dropped_by_the_lineages_rules_and_counted(work, params):
+    """A one-frame hit and a long track the detector doubts all along make no flash; the real track stays."""
+    clip = write_clip(work / "false_positives.mp4", textured_frames(24, seed=9))
+    real, flash, doubted = BOX, (4, 4, 30, 26), (120, 80, 156, 116)
+    doc = {"images": [{"id": i + 1, "file_name": f"frame_{i:06d}.png", "frame_index": i} for i in range(24)],
+           "categories": [{"id": 1, "name": "face"}], "annotations": []}
+    for i in range(24):
+        boxes = [(real, 0.95), (doubted, 0.55)] + ([(flash, 0.99)] if i == 10 else [])
+        for (x0, y0, x1, y1), score in boxes:
+            doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": i + 1, "category_id": 1,
+                                       "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+    clip.with_name(clip.name + ".coco.json").write_text(json.dumps(doc))
+    model = RecordingRestorer()
+    summary = restore_video(clip, work / "false_positives_out.mp4", None, params, restorer=model, progress=False)
+    assert summary["regions_found"] == 1 and summary["detections"] == 49
+    assert summary["tracks_dropped"] == {"too_few_detections": 1, "low_mean_score": 1}
+    (crops,) = model.calls
+    assert len(crops) == 24
+    # with the rules off, all three tracks are restored
+    loose = params.model_copy(update={"tracking": params.tracking.model_copy(
+        update={"min_track_detections": 1, "min_track_score": 0.0})})
+    everything = restore_video(clip, work / "false_positives_all.mp4", None, loose, restorer=RecordingRestorer(), progress=False)
+    assert everything["regions_found"] == 3 and everything["tracks_dropped"] == {"too_few_detections": 0, "low_mean_score": 0}

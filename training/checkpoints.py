@@ -14,6 +14,8 @@ Every load goes through `assets.weights.verify_weights` (missing file, Git-LFS p
 
 from __future__ import annotations
 
+import json
+
 import copy
 import re
 from pathlib import Path
@@ -158,11 +160,47 @@ def save_atomic(obj: dict, dest: str | Path) -> Path:
     return Path(dest)
 
 
+LADA_DEFAULT_SIZE = (64, 15)  # (mid_channels, num_blocks) Lada builds when it is given no config file
+
+
+def lada_config_path(weights: str | Path) -> Path:
+    """Where the Lada config of a weights file lives: beside it, `<stem>_lada_config.py`."""
+    weights = Path(weights)
+    return weights.with_name(f"{weights.stem}_lada_config.py")
+
+
+def lada_config_text(mid_channels: int, num_blocks: int, weights_name: str) -> str:
+    """An mmengine config (what Lada's `load_model` reads with `Config.fromfile(path).model`) that builds the
+    BasicVSR++ GAN wrapper of Lada's inference at these sizes; `is_use_ema` picks the `generator_ema.` weights."""
+    return f"""# Lada model config for {weights_name}: BasicVSR++ with mid_channels={mid_channels}, num_blocks={num_blocks}.
+# Written by aubergine. Lada builds 64 channels / 15 blocks without a config and loads non-strictly, so a file of
+# another size must come with this one:
+#   lada-cli --mosaic-restoration-model-path {weights_name} --mosaic-restoration-config-path {weights_name.rsplit('.', 1)[0]}_lada_config.py ...
+model = dict(
+    type='BasicVSRPlusPlusGan',
+    generator=dict(type='BasicVSRPlusPlusGanNet', mid_channels={mid_channels}, num_blocks={num_blocks}, spynet_pretrained=None),
+    pixel_loss=dict(type='CharbonnierLoss', loss_weight=1.0, reduction='mean'),
+    is_use_ema=True,
+    data_preprocessor=dict(type='DataPreprocessor', mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0]),
+)
+"""
+
+
+def write_lada_config(weights: str | Path, mid_channels: int, num_blocks: int) -> Path:
+    dest = lada_config_path(weights)
+    with atomic_path(dest) as tmp:
+        Path(tmp).write_text(lada_config_text(mid_channels, num_blocks, Path(weights).name))
+    return dest
+
+
 def export_lada(generator: BasicVSRPlusPlusNet, dest: str | Path, ema: BasicVSRPlusPlusNet | None = None,
                 meta: dict | None = None) -> Path:
     """A file Lada's CLI loads (mmengine `load_checkpoint` into its BasicVSRPlusPlusGan: `generator.` and
-    `generator_ema.` keys under `state_dict`). Optimiser and RNG state stay out: it is for inference."""
-    return save_atomic({"meta": {**generator.config, **(meta or {})}, "state_dict": lada_state_dict(generator, ema)}, dest)
+    `generator_ema.` keys under `state_dict`), and its Lada config file beside it (`lada_config_path`).
+    Optimiser and RNG state stay out: it is for inference."""
+    save_atomic({"meta": {**generator.config, **(meta or {})}, "state_dict": lada_state_dict(generator, ema)}, dest)
+    write_lada_config(dest, generator.mid_channels, generator.num_blocks)
+    return Path(dest)
 
 
 def convert_stage1_to_stage2(src: str | Path, dest: str | Path) -> dict:
@@ -186,3 +224,18 @@ def clone_frozen(model: torch.nn.Module) -> torch.nn.Module:
     for p in ema.parameters():
         p.requires_grad_(False)
     return ema.eval()
+
+
+def stand_in_base(load_from: str | Path | None) -> dict | None:
+    """The `base.json` beside a Stage 1 `load_from` file when that file is the embedded default's set-up
+    pretrained stand-in (training/restoration_base.py), else None (Lada's weights, or a user's checkpoint)."""
+    if not load_from:
+        return None
+    marker = Path(load_from).parent / "base.json"
+    if not marker.is_file():
+        return None
+    try:
+        doc = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if "restoration base" in str(doc.get("about", "")) else None

@@ -160,11 +160,15 @@ class _Gan:
             self.labels["discriminator"] = "U-Net discriminator with spectral norm (random init)"
 
 
-def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Path, int], None] | None = None) -> TrainResult:
+def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Path, int], None] | None = None,
+          sampler=None, sample_batch=None) -> TrainResult:
+    """`sampler` (anything with `sample(n) -> Batch`, `state()`, `load_state()`) replaces the dataset's pairs:
+    the restoration base draws synthetic mosaics through it (training/restoration_base.py)."""
     device = pick_device(s.device)
     use_amp = s.amp and device.type == "cuda"
     s.work_dir.mkdir(parents=True, exist_ok=True)
-    sampler = PairSampler(s.dataset_root, "train", s.num_frame, s.lq_size, s.seed, s.cache_mb)
+    if sampler is None:
+        sampler = PairSampler(s.dataset_root, "train", s.num_frame, s.lq_size, s.seed, s.cache_mb)
     generator, labels = _init_generator(s)
     generator.to(device).train()
     trainable, frozen = apply_freezing(generator, s.lr_mult)
@@ -211,7 +215,9 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
         }
         return ckpt.save_atomic(payload, dest)
 
-    sample_batch = fixed_pair(s.dataset_root, "val", s.num_frame, s.lq_size) or fixed_pair(s.dataset_root, "train", s.num_frame, s.lq_size)
+    if sample_batch is None:
+        sample_batch = (fixed_pair(s.dataset_root, "val", s.num_frame, s.lq_size)
+                        or fixed_pair(s.dataset_root, "train", s.num_frame, s.lq_size))
     began = time.perf_counter()
     window_start, window_iters = time.perf_counter(), 0
     if device.type == "cuda":
