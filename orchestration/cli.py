@@ -216,12 +216,26 @@ def restore_cmd(
     size: Annotated[Optional[int], typer.Option(
         min=64, help="model input side in px; must match the size the model was trained at "
         "(default: the input_size recorded in the checkpoint — 128 for the embedded model — else 256, Lada's)")] = None,
+    score_threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="per-detection score threshold of the face detector and the trained detector "
+        "(default: detection.face_score_threshold / detector_score_threshold)")] = None,
+    min_track_score: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="drop tracks whose mean detection score is lower (default: tracking.min_track_score)")] = None,
+    min_track_detections: Annotated[Optional[int], typer.Option(
+        min=1, help="drop tracks detected on fewer frames (default: tracking.min_track_detections)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Restore a whole video: find regions, track them, restore each clip, blend back, encode, keep the audio."""
     from inference.restore_video import restore_video
 
     p = _load_or_defaults(params)
+    if score_threshold is not None:
+        p = p.model_copy(update={"detection": p.detection.model_copy(
+            update={"face_score_threshold": score_threshold, "detector_score_threshold": score_threshold})})
+    track_rules = {k: v for k, v in (("min_track_score", min_track_score), ("min_track_detections", min_track_detections))
+                   if v is not None}
+    if track_rules:
+        p = p.model_copy(update={"tracking": p.tracking.model_copy(update=track_rules)})
     try:
         summary = restore_video(input, output, checkpoint, p, max_clip_length=max_clip_length, codec=codec,
                                 regions=regions, device=device, size=size)
@@ -229,6 +243,10 @@ def restore_cmd(
         _fail(str(err))
     if summary.get("copied"):
         typer.secho(summary["message"], fg=typer.colors.YELLOW, err=True)
+    dropped = {k: v for k, v in (summary.get("tracks_dropped") or {}).items() if v}
+    if dropped:
+        typer.secho("dropped as false positives: " + ", ".join(f"{v} track(s) {k.replace('_', ' ')}" for k, v in dropped.items()),
+                    fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps(summary))
 
 

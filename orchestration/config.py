@@ -194,6 +194,7 @@ class Stage1Params(_Strict):
         "deform_align": 0.0,
         "backbone": 0.0,
     }
+    region_loss_weight: Annotated[float, Field(ge=1)] = 1.0  # pixel loss inside the region x this (1 = recipe)
     lq_size: PositiveInt = 256
     mid_channels: PositiveInt = 64
     num_blocks: PositiveInt = 15

@@ -141,3 +141,27 @@ def test_stage_cli_bad_training_inputs_are_clean_errors(project, override, needl
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output
     assert not Path("data/models/restoration/stage1").exists()  # nothing half-published
+
+
+def test_region_loss_weight_reads_the_masks_and_weights_only_the_region(dataset, tmp_path):
+    from training.data import PairSampler
+    from training.loop import charbonnier, region_weight
+
+    sampler = PairSampler(dataset, "train", 4, 128, 3, masks=True)
+    batch = sampler.sample(2)
+    assert batch.mask is not None and batch.mask.shape == (2, 4, 1, 128, 128)
+    assert set(torch.unique(batch.mask).tolist()) == {0.0, 1.0}
+    assert region_weight(batch, 1.0) is None  # the recipe: uniform loss
+    weight = region_weight(batch, 20.0)
+    assert torch.equal(torch.unique(weight), torch.tensor([1.0, 20.0]))
+    # an error only outside the region weighs 20x less than the same error inside
+    inside, outside = batch.gt.clone(), batch.gt.clone()
+    inside += 0.1 * batch.mask
+    outside += 0.1 * (1 - batch.mask)
+    frac = batch.mask.mean().item()
+    assert charbonnier(inside, batch.gt, weight=weight).item() == pytest.approx(0.1 * 20 * frac / (20 * frac + 1 - frac), rel=1e-3)
+    assert charbonnier(outside, batch.gt, weight=weight).item() == pytest.approx(0.1 * (1 - frac) / (20 * frac + 1 - frac), rel=1e-3)
+    # and the loop trains with it (a different run from the uniform one)
+    weighted = train(settings(dataset, tmp_path / "w", region_loss_weight=20.0, max_iters=2))
+    uniform = train(settings(dataset, tmp_path / "u", max_iters=2))
+    assert weighted.history[-1]["loss_pix"] != pytest.approx(uniform.history[-1]["loss_pix"])
