@@ -418,3 +418,29 @@ def test_eggplant_region_at_the_frame_edge():
     far = np.ones(mask.shape, bool)
     far[98:, 148:] = False
     np.testing.assert_array_equal(out[far], frame[far])
+
+
+@pytest.mark.parametrize("kind,region", [("face", (60, 30, 130, 120)), ("plate", (30, 60, 170, 100))])
+def test_cover_fit_makes_the_whole_region_eggplant_and_contain_does_not(kind, region):
+    """The GT should read as an eggplant as a whole: with `cover` every mask pixel carries the sprite's colours
+    (purple body or green cap), with `contain` much of a region shows the fill from the skin-coloured surroundings."""
+    from conftest import EMOJI
+
+    if not EMOJI.is_file():
+        pytest.skip("emoji not provisioned")
+    sprite = load_sprites("emoji", EMOJI)[0]
+    frame = np.full((160, 200, 3), (205, 160, 130), np.uint8)  # skin, everywhere
+    mask = region_mask(frame.shape[:2], region, kind, "ellipse")
+    inner = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0  # the feathered rim blends by design
+
+    def eggplant_share(fit: str) -> float:
+        out = EggplantCompositor(sprite, 1.0, 0.0, 0.08, fit).composite(frame, region, mask).astype(int)
+        r, g, b = out[inner].T
+        purple = (b > g + 20) & (r > g + 10)
+        green = (g > r) & (g > b)
+        return float((purple | green).mean())
+
+    assert eggplant_share("cover") > 0.97
+    assert eggplant_share("contain") < 0.8
+    with pytest.raises(ValueError, match="eggplant.fit"):
+        EggplantCompositor(sprite, 1.0, 0.0, 0.08, "stretch")
