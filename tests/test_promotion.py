@@ -133,6 +133,7 @@ SMALL = {f"profiles__embedded__{k}": v for k, v in dict(
     restoration__stage1__num_frame=4, restoration__stage1__mid_channels=8, restoration__stage1__num_blocks=1,
     restoration__stage1__checkpoint_interval=10, restoration__stage1__sample_interval=1000, restoration__stage1__log_interval=5,
     restoration__stage1__lq_size=128, restoration__stage1__load_from=None, restoration__stage2__enabled=False,
+    restoration__stage1__region_loss_weight=1.0,  # the figures below were measured with the recipe's uniform loss
     restoration__report__max_scenes=2, restoration__report__sample_clip=None,
 ).items()} | {"mlflow__enabled": True, "promotion__models": {
     RESTORER: {"compare": [{"metric": "output_psnr_region", "better": "higher", "margin": 0.05}],
