@@ -308,12 +308,18 @@ def _write_lada_scene(split_root: Path, stem: str, crops, scene_shape, mosaic: b
     return {k: values[k] for k in LADA_ORDER}, pads
 
 
-def test_reader_reads_a_dataset_written_the_way_lada_writes_it(tmp_path):
-    rng = np.random.default_rng(11)
-    root = tmp_path / "lada_dataset"
+def _lada_split(root: Path) -> Path:
+    """`root/train` with Lada's five folders."""
     split_root = root / "train"
     for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
         (split_root / sub).mkdir(parents=True)
+    return split_root
+
+
+def test_reader_reads_a_dataset_written_the_way_lada_writes_it(tmp_path):
+    rng = np.random.default_rng(11)
+    root = tmp_path / "lada_dataset"
+    split_root = _lada_split(root)
     scenes = {
         "lada_source.mp4-000001-": ([(10, 12, 60, 70), (11, 12, 62, 71), (12, 13, 63, 73), (13, 13, 64, 74)], True),
         "lada_source.mp4-000002-": ([(90, 40, 131, 99), (91, 40, 133, 100), (92, 41, 134, 101)], False),
@@ -361,9 +367,7 @@ def test_reader_reads_a_dataset_written_the_way_lada_writes_it(tmp_path):
 def test_a_meta_path_leaving_the_dataset_root_is_rejected_and_the_other_scenes_load(tmp_path):
     rng = np.random.default_rng(12)
     root = tmp_path / "shared_dataset"
-    split_root = root / "train"
-    for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
-        (split_root / sub).mkdir(parents=True)
+    split_root = _lada_split(root)
     crops = [(10, 12, 60, 70), (11, 12, 62, 71), (12, 13, 63, 73)]
     for stem in ("good.mp4-000001-", "escapes.mp4-000001-", "absolute.mp4-000001-"):
         record, _ = _write_lada_scene(split_root, stem, crops, (60, 51), True, rng)

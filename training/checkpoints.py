@@ -175,7 +175,7 @@ def lada_config_text(mid_channels: int, num_blocks: int, weights_name: str) -> s
     return f"""# Lada model config for {weights_name}: BasicVSR++ with mid_channels={mid_channels}, num_blocks={num_blocks}.
 # Written by aubergine. Lada builds 64 channels / 15 blocks without a config and loads non-strictly, so a file of
 # another size must come with this one:
-#   lada-cli --mosaic-restoration-model-path {weights_name} --mosaic-restoration-config-path {weights_name.rsplit('.', 1)[0]}_lada_config.py ...
+#   lada-cli --mosaic-restoration-model-path {weights_name} --mosaic-restoration-config-path {lada_config_path(weights_name).name} ...
 model = dict(
     type='BasicVSRPlusPlusGan',
     generator=dict(type='BasicVSRPlusPlusGanNet', mid_channels={mid_channels}, num_blocks={num_blocks}, spynet_pretrained=None),
