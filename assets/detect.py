@@ -128,6 +128,16 @@ class CombinedDetector:
     def __call__(self, frame: np.ndarray, index: int) -> list[Detection]:
         return [d for det in self.detectors for d in det(frame, index)]
 
+    def detect_batch(self, frames: list[np.ndarray], indices: list[int]) -> list[list[Detection]]:
+        """Per frame, what `__call__` finds; a detector with its own `detect_batch` (the trained torchvision
+        detectors) sees the frames as one batch, the others frame by frame."""
+        out: list[list[Detection]] = [[] for _ in frames]
+        for det in self.detectors:
+            found = det.detect_batch(frames, indices) if hasattr(det, "detect_batch") else [det(f, i) for f, i in zip(frames, indices)]
+            for mine, more in zip(out, found):
+                mine.extend(more)
+        return out
+
 
 # Loads the trained face/plate detector: (weights path, score threshold, kinds) -> Detector. Passed in by the
 # caller (training.detector.trained_regions) because assets sit below training and must not import it.

@@ -34,18 +34,25 @@ def scene_block_sizes(scene: Scene, shape: tuple[int, int], mask_shape: str) -> 
     }
 
 
-def mosaic_clip(record: dict, out_dir: Path, mosaic, encoder: EncoderSettings, mask_shape: str, seed: int) -> dict:
+def scene_specs(record: dict, mosaic, mask_shape: str, seed: int) -> tuple[dict, dict, dict]:
+    """Per scene id: the seeded mosaic spec, degradation (or None) and block sizes of the clip's scenes; the
+    mosaic detector's data (`assets.mosaic_coco`) draws the very same mosaics over whole frames."""
     shape = (record["height"], record["width"])
     specs: dict[int, MosaicSpec] = {}
     degrades: dict[int, DegradeSpec | None] = {}
     blocks: dict[int, dict] = {}
-    noise_rngs: dict[int, np.random.Generator] = {}
     for scene in record["scenes"]:
         rng = scene_rng(seed, record["clip_id"], scene.id, "mosaic")
         blocks[scene.id] = scene_block_sizes(scene, shape, mask_shape)
         specs[scene.id] = sample_spec(rng, blocks[scene.id]["mosaic_size_v1_normal"], mosaic)
         degrades[scene.id] = sample_degrade(rng, mosaic.degrade) if mosaic.degrade.enabled else None
-        noise_rngs[scene.id] = scene_rng(seed, record["clip_id"], scene.id, "noise")
+    return specs, degrades, blocks
+
+
+def mosaic_clip(record: dict, out_dir: Path, mosaic, encoder: EncoderSettings, mask_shape: str, seed: int) -> dict:
+    shape = (record["height"], record["width"])
+    specs, degrades, blocks = scene_specs(record, mosaic, mask_shape, seed)
+    noise_rngs = {scene.id: scene_rng(seed, record["clip_id"], scene.id, "noise") for scene in record["scenes"]}
 
     def transform(scene, offset, frame):
         mask = full_frame_mask(scene, offset, shape, mask_shape)

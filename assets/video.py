@@ -108,11 +108,48 @@ def probe_video(path: str | Path) -> VideoProbe:
         )
 
 
-def read_frames(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Yield upright RGB uint8 frames [start, stop); grayscale sources come back as 3 equal channels."""
+HW_DECODERS = ("cuda", "vaapi", "qsv", "videotoolbox", "d3d11va")
+
+
+def _open_for_decoding(path: Path, hw_decode: str):
+    """`hw_decode`: off | auto | one of HW_DECODERS. auto = the first device FFmpeg offers and this machine
+    opens, else software (said once on stderr); a named device that does not open is an error."""
+    if hw_decode == "off":
+        return av.open(str(path))
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    offered = [d for d in HW_DECODERS if d in hwdevices_available()]
+    if hw_decode != "auto" and hw_decode not in offered:
+        raise VideoError(f"{path}: hardware decoding on {hw_decode!r} is not offered by this FFmpeg build "
+                         f"(offered: {', '.join(offered) or 'none'}); use hw_decode off or auto")
+    reasons = []
+    for device in offered if hw_decode == "auto" else [hw_decode]:
+        try:
+            # allow_software_fallback: a stream the device cannot decode (a codec it lacks) decodes on the CPU.
+            return av.open(str(path), hwaccel=HWAccel(device_type=device, allow_software_fallback=True))
+        except (av.error.FFmpegError, OSError) as err:
+            reasons.append(f"{device}: {err}")
+    if hw_decode != "auto":
+        raise VideoError(f"{path}: the {hw_decode} decoding device did not open ({'; '.join(reasons)})")
+    if not _SAID_SOFTWARE:
+        import sys
+
+        print(f"hw_decode auto: no hardware decoder opened ({'; '.join(reasons) or 'none offered'}); decoding on the CPU",
+              file=sys.stderr)
+        _SAID_SOFTWARE.append(True)
+    return av.open(str(path))
+
+
+_SAID_SOFTWARE: list[bool] = []
+
+
+def read_frames(path: str | Path, start: int = 0, stop: int | None = None, hw_decode: str = "off") -> Iterator[np.ndarray]:
+    """Yield upright RGB uint8 frames [start, stop); grayscale sources come back as 3 equal channels.
+    `hw_decode` (off | auto | cuda | vaapi | ...) decodes on a device through PyAV's hwaccel, frames
+    downloaded to memory (Lada's `--hw-decode`)."""
     path = Path(path)
     try:
-        container = av.open(str(path))
+        container = _open_for_decoding(path, hw_decode)
     except av.error.FFmpegError as err:
         raise VideoError(f"{path}: not a readable video container ({err})") from None
     with container:
@@ -131,6 +168,57 @@ def read_frames(path: str | Path, start: int = 0, stop: int | None = None) -> It
                 index += 1
         except av.error.FFmpegError as err:
             raise VideoError(f"{path}: decoding failed at frame {index} ({err})") from None
+
+
+def prefetch(items: Iterator, size: int) -> Iterator:
+    """`items` produced by a background thread at most `size` ahead of the consumer (restore's
+    `--detector-queue-size`: decoding overlaps detection, memory holds at most `size` frames). An error in
+    the producer is raised in the consumer; a consumer that stops early stops the producer."""
+    import queue
+    import threading
+
+    if size < 1:
+        raise ValueError(f"prefetch size must be >= 1, got {size}")
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as err:  # handed to the consumer
+            buffer.put((done, err))
+        finally:
+            closer = getattr(items, "close", None)  # a generator's `with` blocks (the open container) end here
+            if closer is not None:
+                closer()
+
+    thread = threading.Thread(target=produce, name="decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = buffer.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 def read_gray_frames(path: str | Path) -> Iterator[np.ndarray]:

@@ -1,8 +1,8 @@
 """Whole-video restoration: `aubergine restore INPUT -o OUTPUT --checkpoint PATH`.
 
 1. Regions per frame: `regions=detect` uses the `detection` section's face/plate detectors (or a
-   `<clip>.coco.json` sidecar), `regions=mosaic` finds already-pixelated areas with the grid mosaic
-   detector (or takes the sidecar's boxes).
+   `<clip>.coco.json` sidecar), `regions=mosaic` finds already-pixelated areas with the mosaic detector the
+   lineage trained (`restore.mosaic_detector: model`), the grid heuristic (`grid`) or the sidecar's boxes.
 2. Detections are linked into tracks and filtered exactly as the lineage does (`assets.tracks`, the
    `tracking` section: a track detected on fewer than `min_track_detections` frames or with a mean score
    under `min_track_score` is a false positive, dropped and counted in the summary's `tracks_dropped`, so a
@@ -36,7 +36,7 @@ from assets.detect import CombinedDetector, SidecarCoco, build_detector
 from assets.mosaic import apply_mosaic, sample_spec, scene_rng
 from assets.region_tracks import full_frame_mask, scenes_by_frame
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks
-from assets.video import VideoError, probe_video, read_frames
+from assets.video import VideoError, prefetch, probe_video, read_frames
 from inference.blend import blend_into
 from inference.media import OUTPUT_SUFFIXES, OutputWriter, check_encoder, mux_audio, output_settings
 
@@ -91,7 +91,10 @@ def region_detector(path: Path, params, regions: str):
     sidecar = path.with_name(path.name + params.detection.sidecar_suffix)
     if sidecar.is_file():
         return CombinedDetector([SidecarCoco(sidecar)])
-    if params.restore.mosaic_detector == "grid":
+    choice = mosaic_detector_choice(params)[0]
+    if choice == "model":
+        return CombinedDetector([mosaic_model_regions(params)])
+    if choice == "grid":
         from inference.mosaic_detect import GridMosaicDetector
 
         return CombinedDetector([GridMosaicDetector()])
@@ -100,16 +103,73 @@ def region_detector(path: Path, params, regions: str):
     )
 
 
+def mosaic_detector_choice(params) -> tuple[str | None, str]:
+    """(model | grid | None, why) for regions = mosaic. `auto` takes the trained model only where its own
+    report measured it beating the grid heuristic on the val mosaics (AP50), so a model too short-trained to
+    find mosaics never replaces the heuristic silently."""
+    import json
+
+    rp = params.restore
+    if rp.mosaic_detector != "auto":
+        return rp.mosaic_detector, f"restore.mosaic_detector = {rp.mosaic_detector}"
+    model, metrics = Path(rp.mosaic_detector_model), Path(rp.mosaic_detection_metrics)
+    if not model.is_file():
+        return "grid", f"auto: no trained mosaic detector at {model}"
+    try:
+        m = json.loads(metrics.read_text())
+        trained, grid = float(m["AP50"]), float(m["grid_AP50"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "grid", f"auto: no mosaic_detection_report figures at {metrics}"
+    if trained > grid:
+        return "model", f"auto: the trained detector's val AP50 {trained:.3f} beats the grid's {grid:.3f} ({metrics})"
+    return "grid", f"auto: the trained detector's val AP50 {trained:.3f} does not beat the grid's {grid:.3f} ({metrics})"
+
+
+def mosaic_model_regions(params):
+    """The mosaic detector the lineage trained (`mosaic_detector_checkpoint`), at `mosaic_detector.score_threshold`."""
+    from training.detector import trained_regions
+
+    path = Path(params.restore.mosaic_detector_model)
+    if not path.is_file():
+        raise RestoreError(f"{path}: no trained mosaic detector (restore.mosaic_detector: model); materialize "
+                           "mosaic_detector_checkpoint (`make demo` does), point restore.mosaic_detector_model at one, "
+                           "or use the grid heuristic (--mosaic-detector grid)")
+    return trained_regions(path, params.mosaic_detector.score_threshold, ("mosaic",))
+
+
+def for_mosaic_regions(params):
+    """`params` whose track rule fits mosaic detectors: `mosaic_detector.min_track_score` for the mean score."""
+    return params.model_copy(update={"tracking": params.tracking.model_copy(
+        update={"min_track_score": params.mosaic_detector.min_track_score})})
+
+
 def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, width: int, height: int,
                 total: int | None = None, progress: bool | None = None) -> tuple[list[Scene], list, int, int, dict]:
     """Decode once, detect, track, drop the tracks the lineage would drop (`tracking.min_track_detections`,
     `min_track_score`), cut scenes of at most `max_clip_length` frames. Returns (scenes ordered by start, kept
     tracks, number of detections, frames decoded, {reason: tracks dropped})."""
-    detection = params.detection
+    detection, rp = params.detection, params.restore
     detections: list[list] = []
-    frames = tqdm(read_frames(path), total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
+    batch: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        found = detector.detect_batch([f for _, f in batch], [i for i, _ in batch])
+        for (index, _), dets in zip(batch, found):
+            detections[index] = dets
+        batch.clear()
+
+    # Decoding runs ahead in a thread, at most `detector_queue_size` frames (Lada's --detector-queue-size); the
+    # frames to detect on go to the detector `detection_batch_size` at a time (--mosaic-detection-batch-size).
+    decoded = prefetch(read_frames(path, hw_decode=rp.hw_decode), rp.detector_queue_size)
+    frames = tqdm(decoded, total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
     for index, frame in enumerate(frames):
-        detections.append(detector(frame, index) if index % detection.every_n_frames == 0 else [])
+        detections.append([])
+        if index % detection.every_n_frames == 0:
+            batch.append((index, frame))
+            if len(batch) >= rp.detection_batch_size:
+                flush()
+    if batch:
+        flush()
     tracking = params.tracking.model_copy(update={"max_scene_frames": max_clip_length, "min_scene_frames": 1})
     tracks = associate(detections, tracking.iou_threshold, tracking.max_gap_frames + detection.every_n_frames - 1)
     tracks, dropped = filter_tracks(tracks, tracking.min_track_detections, tracking.min_track_score)
@@ -177,6 +237,9 @@ def restore_video(
             raise RestoreError("no checkpoint given (and no restorer)")
         restorer = load_restorer(checkpoint, size, device or rp.device, max_frames, rp.fp16)
     detector = region_detector(input_path, params, regions)
+    detector_is_sidecar = any(isinstance(d, SidecarCoco) for d in detector.detectors)
+    if regions == "mosaic":
+        params = for_mosaic_regions(params)
     width, height = probe.width, probe.height
     scenes, tracks, n_detections, decoded, dropped = find_scenes(
         input_path, detector, params, max_clip_length, probe.fps, width, height, probe.frames, progress
@@ -188,6 +251,8 @@ def restore_video(
         "scene_frames": int(sum(s.frames for s in scenes)), "max_clip_length": max_clip_length,
         "tracks_dropped": dropped,
     }
+    if regions == "mosaic" and not detector_is_sidecar:
+        summary["mosaic_detector"] = mosaic_detector_choice(params)[1]
     if not scenes:
         _copy_atomic(input_path, output_path)
         summary.update({"copied": True, "codec": None, "audio": "copied" if probe.has_audio else None,
@@ -204,7 +269,7 @@ def restore_video(
     video_dest = (workdir / f"video{output_path.suffix or '.mp4'}") if workdir else output_path
     try:
         written = _restore_frames(input_path, video_dest, scenes, restorer, specs, shape, mask_shape, rp.blend_feather,
-                                  probe.fps_fraction, settings, decoded, progress, temporal)
+                                  probe.fps_fraction, settings, decoded, progress, temporal, rp.hw_decode)
         audio = mux_audio(video_dest, input_path, output_path) if workdir else None
     finally:
         if workdir is not None:
@@ -216,7 +281,8 @@ def restore_video(
 
 
 def _restore_frames(input_path: Path, dest: Path, scenes: list[Scene], restorer, specs: dict, shape, mask_shape: str,
-                    feather: float, fps_fraction: str, settings, total: int, progress: bool | None, temporal=None) -> int:
+                    feather: float, fps_fraction: str, settings, total: int, progress: bool | None, temporal=None,
+                    hw_decode: str = "off") -> int:
     active = scenes_by_frame(scenes)  # per frame, scenes in list order (= by start)
     previous: dict = {}  # the last written frame pair and its scenes' masks, for `temporal`
     pending: dict[int, list[np.ndarray]] = {}
@@ -245,7 +311,8 @@ def _restore_frames(input_path: Path, dest: Path, scenes: list[Scene], restorer,
                     previous.update(input=frame, output=out, masks=masks)
                 writer.write(out)
 
-        frames = tqdm(read_frames(input_path), total=total, desc=f"restore {input_path.name}", unit="frame", leave=False,
+        frames = tqdm(read_frames(input_path, hw_decode=hw_decode), total=total, desc=f"restore {input_path.name}",
+                      unit="frame", leave=False,
                       disable=bar_disabled(progress))
         index = -1
         for index, frame in enumerate(frames):

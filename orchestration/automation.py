@@ -28,8 +28,9 @@ from orchestration.config import Params, RetrainingParams, load_params
 
 PARAMS_PATH = os.environ.get("AUBERGINE_PARAMS", "params.yaml")
 MANIFEST = Path("data/interim/raw_clips/manifest.json")
-RETRAIN_STAGES = ("stage1_checkpoint", "stage2_checkpoint", "restoration_report", "detector_checkpoint",
-                  "detection_report", "lora_checkpoint", "anonymization_report", "promoted_models")
+RETRAIN_STAGES = ("stage1_checkpoint", "stage2_checkpoint", "restoration_report", "mosaic_detector_checkpoint",
+                  "mosaic_detection_report", "detector_checkpoint", "detection_report", "lora_checkpoint",
+                  "anonymization_report", "promoted_models")
 MAX_TAG_CHARS = 1000
 
 

@@ -220,22 +220,52 @@ def restore_cmd(
         min=0.0, max=1.0, help="per-detection score threshold of the face detector and the trained detector "
         "(default: detection.face_score_threshold / detector_score_threshold)")] = None,
     min_track_score: Annotated[Optional[float], typer.Option(
-        min=0.0, max=1.0, help="drop tracks whose mean detection score is lower (default: tracking.min_track_score)")] = None,
+        min=0.0, max=1.0, help="drop tracks whose mean detection score is lower (default: tracking.min_track_score; "
+        "with --regions mosaic, mosaic_detector.min_track_score)")] = None,
     min_track_detections: Annotated[Optional[int], typer.Option(
         min=1, help="drop tracks detected on fewer frames (default: tracking.min_track_detections)")] = None,
+    mosaic_detector: Annotated[Optional[str], typer.Option(
+        help="with --regions mosaic: auto (the trained detector where its report measured it beating the grid, "
+        "else the grid) | model (the trained mosaic detector) | grid (the heuristic) (default: restore.mosaic_detector)")] = None,
+    mosaic_detection_model_path: Annotated[Optional[Path], typer.Option(
+        help="mosaic detector weights (default: restore.mosaic_detector_model)")] = None,
+    mosaic_detection_batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="frames per detector call (default: restore.detection_batch_size)")] = None,
+    detector_queue_size: Annotated[Optional[int], typer.Option(
+        min=1, help="frames decoded ahead of detection (default: restore.detector_queue_size)")] = None,
+    hw_decode: Annotated[Optional[str], typer.Option(
+        help="off | auto | cuda | vaapi | qsv | videotoolbox | d3d11va: decode on a device through PyAV "
+        "(default: restore.hw_decode)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Restore a whole video: find regions, track them, restore each clip, blend back, encode, keep the audio."""
+    from pydantic import ValidationError
+
     from inference.restore_video import restore_video
+    from orchestration.config import RestoreParams
 
     p = _load_or_defaults(params)
     if score_threshold is not None:
-        p = p.model_copy(update={"detection": p.detection.model_copy(
-            update={"face_score_threshold": score_threshold, "detector_score_threshold": score_threshold})})
+        p = p.model_copy(update={
+            "detection": p.detection.model_copy(
+                update={"face_score_threshold": score_threshold, "detector_score_threshold": score_threshold}),
+            "mosaic_detector": p.mosaic_detector.model_copy(update={"score_threshold": score_threshold})})
+    restore_flags = {k: v for k, v in (
+        ("mosaic_detector", mosaic_detector), ("detection_batch_size", mosaic_detection_batch_size),
+        ("detector_queue_size", detector_queue_size), ("hw_decode", hw_decode),
+        ("mosaic_detector_model", str(mosaic_detection_model_path) if mosaic_detection_model_path else None)) if v is not None}
+    if restore_flags:
+        try:  # validated like params.yaml, so a wrong name is the same clear error
+            checked = RestoreParams.model_validate({**p.restore.model_dump(), **restore_flags})
+        except ValidationError as err:
+            _fail("; ".join(f"restore.{e['loc'][0]} = {e.get('input')!r}: {e['msg']}" for e in err.errors()))
+        p = p.model_copy(update={"restore": checked})
     track_rules = {k: v for k, v in (("min_track_score", min_track_score), ("min_track_detections", min_track_detections))
                    if v is not None}
     if track_rules:
         p = p.model_copy(update={"tracking": p.tracking.model_copy(update=track_rules)})
+    if min_track_score is not None:  # --regions mosaic reads its own rule
+        p = p.model_copy(update={"mosaic_detector": p.mosaic_detector.model_copy(update={"min_track_score": min_track_score})})
     try:
         summary = restore_video(input, output, checkpoint, p, max_clip_length=max_clip_length, codec=codec,
                                 regions=regions, device=device, size=size)

@@ -276,7 +276,17 @@ class RestoreParams(_Strict):
     # "detect": faces/plates by the `detection` section, mosaicked as in training, then restored.
     # "mosaic": the regions are already pixelated (found by the mosaic detector or given by sidecar boxes).
     regions: Literal["detect", "mosaic"] = "detect"
-    mosaic_detector: Literal["grid"] | None = "grid"  # how pixelated regions are found when regions = mosaic
+    # How pixelated regions are found when regions = mosaic: "model" = the mosaic detector trained by the lineage
+    # (mosaic_detector_checkpoint), "grid" = the hand-written grid heuristic (inference/mosaic_detect.py), "auto" =
+    # the model where mosaic_detection_report measured it beating the grid on val (AP50, in
+    # mosaic_detection_metrics), else the grid, and the summary says which and why; null = sidecar boxes only.
+    mosaic_detector: Literal["auto", "model", "grid"] | None = "auto"
+    mosaic_detector_model: str = "data/models/mosaic_detector/detector.pth"
+    mosaic_detection_metrics: str = "data/metrics/mosaic_detection.json"  # what auto reads
+    detection_batch_size: PositiveInt = 4  # frames per detector call (Lada's --mosaic-detection-batch-size)
+    detector_queue_size: PositiveInt = 8  # frames decoded ahead of detection (Lada's --detector-queue-size)
+    # Decoding on a device through PyAV (Lada's --hw-decode): auto = the first FFmpeg hw device that opens, else CPU.
+    hw_decode: Literal["off", "auto", "cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"] = "off"
     device: str = "auto"
     fp16: bool = True  # half precision on CUDA
 
@@ -359,6 +369,46 @@ class DetectorParams(_Strict):
                              "holds its backbone; set one of them to null")
         return self
 
+
+
+class MosaicCocoParams(_Strict):
+    """`mosaic_coco`: where the lineage's mosaics are, on whole frames (assets/mosaic_coco.py)."""
+
+    frames_every_n: PositiveInt = 2  # of the frames a scene covers (and of the free frames for pasted mosaics)
+    max_frames_per_clip: Annotated[int, Field(ge=0)] = 200  # lineage-mosaic frames per clip
+    pasted_frames_per_clip: Annotated[int, Field(ge=0)] = 100  # train clips: free frames given random mosaics
+    clean_frames_per_clip: Annotated[int, Field(ge=0)] = 20  # frames with no mosaic (negatives), both splits
+    pasted_per_frame: IntRange = (1, 3)
+    paste_side: Range = (0.08, 0.35)  # a pasted mosaic's size, fraction of the frame's short side
+    paste_aspect: Range = (0.5, 2.5)  # its width / height
+    min_visible_change: Annotated[float, Field(ge=0)] = 4.0  # a pasted mosaic changing pixels less (mean, 0-255) is dropped
+    jpeg_quality: IntRange = (40, 90)  # every image is stored as a JPEG of a quality drawn here (mosaics arrive re-compressed)
+
+    @field_validator("pasted_per_frame")
+    @classmethod
+    def _at_least_one(cls, value):
+        if value[0] < 1:
+            raise ValueError("pasted_per_frame must start at 1 or more")
+        return value
+
+    @field_validator("paste_side")
+    @classmethod
+    def _side(cls, value):
+        if not 0 < value[0] <= value[1] < 1:
+            raise ValueError("paste_side must lie inside (0, 1)")
+        return value
+
+
+class MosaicDetectorParams(DetectorParams):
+    """`mosaic_detector_checkpoint`: the detection track's torchvision detector, one category (mosaic), trained on
+    mosaic_coco. The same knobs as `detector`, plus the data it is trained on."""
+
+    score_threshold: Fraction = 0.5  # what `aubergine restore --regions mosaic` keeps
+    # With regions = mosaic, tracks whose mean score is lower are dropped: this replaces tracking.min_track_score,
+    # which is calibrated on the face/plate detectors (the grid heuristic's block scores on a clean mosaic are
+    # ~0.6-0.8, measured on astronaut_zoom.mp4).
+    min_track_score: Fraction = 0.5
+    data: MosaicCocoParams = MosaicCocoParams()
 
 LAYER_PATH = r"^unet(\.[A-Za-z_][A-Za-z0-9_]*(\[-?[0-9]+\])*)+$"  # unet.up_blocks[-1], unet.down_blocks[0].attentions[0]
 
@@ -524,6 +574,7 @@ def _default_gates() -> dict[str, ModelGate]:
         "eggplant-restorer": ModelGate(compare=(CompareRule(metric="output_psnr_region", margin=0.1),),
                                        floors=(FloorRule(metric="psnr_region_gain_db", min=0.0),)),
         "face-plate-detector": ModelGate(compare=(CompareRule(metric="AP50"),), floors=(FloorRule(metric="AP50", min=0.05),)),
+        "mosaic-detector": ModelGate(compare=(CompareRule(metric="AP50"),), floors=(FloorRule(metric="AP50_gain_over_grid", min=0.0),)),
         "face-plate-anonymizer": ModelGate(
             compare=(CompareRule(metric="fid_image", better="lower", tolerance=5.0), CompareRule(metric="reid_rate", better="lower")),
             floors=(FloorRule(metric="reid_rate", max=0.1), FloorRule(metric="orig_text_read_rate", max=0.1),
@@ -601,6 +652,7 @@ class Params(_Strict):
     anonymize: AnonymizeParams = AnonymizeParams()
     coco: CocoParams = CocoParams()
     detector: DetectorParams = DetectorParams()
+    mosaic_detector: MosaicDetectorParams = MosaicDetectorParams()
     anonymization: AnonymizationParams = AnonymizationParams()
     mlflow: TrackingServerParams = TrackingServerParams()
     promotion: PromotionParams = PromotionParams()

@@ -172,27 +172,34 @@ def coco_hash() -> str:
 
 
 def run_detector(params: Params) -> StageOutput:
+    return train_detector_stage(params.detector, params.seed, UNIFIED_COCO, coco_hash(), DETECTOR, DETECTOR_METRICS, "detector")
+
+
+def train_detector_stage(d, seed: int, coco_root: Path, data_hash: str, dest: Path, metrics_path: Path, name: str,
+                         categories: dict[str, int] | None = None) -> StageOutput:
+    """Train the detector that `d` (a `DetectorParams`) describes on `coco_root`'s train.json and publish it in
+    `dest` (detector.pth, history, train.json, curves, last sample): the face/plate detector and the mosaic
+    detector (`categories`, one class) are the same code."""
     from training.detector_loop import settings_from_params, train_detector
     from training.loop import run_rate, write_curves
 
-    d = params.detector
-    data_hash = coco_hash()
     recipe = {k: v for k, v in d.model_dump().items()
-              if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold")}
+              if k not in ("max_iters", "log_interval", "checkpoint_interval", "device", "amp", "score_threshold", "data")}
     if d.init_from:  # a re-made base (same path, new weights) is a new run
         if not Path(d.init_from).is_file():
-            raise StageInputError(f"{d.init_from}: detector.init_from is missing; `make setup` pretrains the embedded "
-                                  "default's base detector, or set detector.init_from to null")
+            raise StageInputError(f"{d.init_from}: {name}.init_from is missing; `make setup` pretrains the embedded "
+                                  f"default's base detector, or set {name}.init_from to null")
         recipe["init_file"] = hash_files(Path(d.init_from))
-    run_key = fingerprint("detector", recipe, params.seed, data_hash)
-    settings = settings_from_params(d, UNIFIED_COCO / "train.json", UNIFIED_COCO, WORK / "detector" / run_key, run_key,
-                                    val_json=UNIFIED_COCO / "val.json", val_images=UNIFIED_COCO, seed=params.seed)
+    extra = {} if categories is None else {"categories": dict(categories), "num_classes": max(categories.values()) + 1}
+    run_key = fingerprint(name, recipe, seed, data_hash, *([extra] if extra else []))
+    settings = settings_from_params(d, coco_root / "train.json", coco_root, WORK / name / run_key, run_key,
+                                    val_json=coco_root / "val.json", val_images=coco_root, seed=seed, **extra)
 
     def on_log(metrics: dict, step: int) -> None:
-        tracking.log_step({f"detector/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+        tracking.log_step({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
 
     def on_sample(path: Path, step: int) -> None:
-        tracking.log_image(path, "samples/detector")
+        tracking.log_image(path, f"samples/{name}")
 
     result = train_detector(settings, on_log, on_sample)
     from training.detector import load_detector, save_detector
@@ -207,21 +214,21 @@ def run_detector(params: Params) -> StageOutput:
                "train_seconds": round(result.seconds, 2), **window,
                "iters_per_s": run_rate(done, result.seconds), "images_per_s": run_rate(done * d.batch_size, result.seconds)}
     images = {}
-    with atomic_dir(DETECTOR) as tmp:
+    with atomic_dir(dest) as tmp:
         save_detector(model, tmp / "detector.pth", meta={**meta, "fingerprint": run_key})
         write_json(tmp / "history.json", result.history)
         write_json(tmp / "train.json", {**summary, "labels": result.labels, "config": d.model_dump(), "device": result.device})
         if result.history and any(k.startswith("loss") for k in result.history[0]):
-            write_curves(result.history, tmp / "curves.png", f"Detector ({d.arch})")
+            write_curves(result.history, tmp / "curves.png", f"{name.replace('_', ' ').capitalize()} ({d.arch})")
         if result.samples:
             shutil.copyfile(result.samples[-1], tmp / "sample_last.png")
-    for name, label in (("curves.png", "loss curves"), ("sample_last.png", "detections on val (last sample)")):
-        if (DETECTOR / name).is_file():
-            images[label] = DETECTOR / name
-    write_json(DETECTOR_METRICS, summary)
+    for file, label in (("curves.png", "loss curves"), ("sample_last.png", "detections on val (last sample)")):
+        if (dest / file).is_file():
+            images[label] = dest / file
+    write_json(metrics_path, summary)
     return StageOutput(
         metadata={**summary, "arch": d.arch, "init": result.labels.get("init", ""), "device": result.device},
-        images=images, files=[DETECTOR / "train.json", DETECTOR / "history.json", DETECTOR_METRICS], input_hash=data_hash,
+        images=images, files=[dest / "train.json", dest / "history.json", metrics_path], input_hash=data_hash,
     )
 
 

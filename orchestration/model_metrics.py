@@ -10,6 +10,7 @@ from __future__ import annotations
 
 RESTORER = "eggplant-restorer"
 DETECTOR = "face-plate-detector"
+MOSAIC_DETECTOR = "mosaic-detector"
 ANONYMIZER = "face-plate-anonymizer"
 ANONYMIZATION_METHODS = ("blur", "pixelate", "fill")  # the baselines, logged with their name as prefix
 _ANONYMIZATION = ("id_mean_sim", "reid_rate", "faces", "orig_text_read_rate", "fake_text_exact", "fake_text_char_acc",
@@ -29,6 +30,12 @@ REPORT_METRICS: dict[str, frozenset[str]] = {
     DETECTOR: frozenset(
         ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "images", "gt_boxes"]
         + [f"{m}_{c}" for m in ("AP", "AP50", "AP75", "AR100") for c in _DETECTION_CATEGORIES]
+    ),
+    # mosaic_detection_report: COCO evaluation of the trained mosaic detector and the grid heuristic (grid_*) on the
+    # val clips' mosaics, and the scene recall of a whole-video pass (orchestration/mosaic_detection_stages.py)
+    MOSAIC_DETECTOR: frozenset(
+        ["AP", "AP50", "AP75", "APm", "APl", "AR1", "AR10", "AR100", "ARm", "ARl", "images", "gt_boxes", "AP_mosaic", "AP50_mosaic", "AP75_mosaic", "AR100_mosaic", "grid_AP", "grid_AP50", "grid_AP75", "grid_AR100",
+         "AP50_gain_over_grid", "video_scene_recall", "grid_video_scene_recall", "val_videos"]
     ),
     # anonymization_report: the anonymizer's figures unprefixed, each baseline's as `<method>_<metric>`, and the
     # originals' own (evaluation/anonymization_eval.py)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestration.config import Params
-from orchestration.model_metrics import ANONYMIZER, DETECTOR, RESTORER
+from orchestration.model_metrics import ANONYMIZER, DETECTOR, MOSAIC_DETECTOR, RESTORER
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,19 @@ def _detector(params: Params) -> Rescorer:
     return Rescorer(DETECTOR, lambda: detection_eval_data()[1], rescore)
 
 
+def _mosaic_detector(params: Params) -> Rescorer:
+    from orchestration.mosaic_detection_stages import evaluate_mosaic_detector, mosaic_eval_data, mosaic_eval_split
+
+    def rescore(uri: str) -> dict[str, float]:
+        import mlflow.pytorch
+
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        result, _ = evaluate_mosaic_detector(model.eval(), mosaic_eval_split())
+        return _numeric(result.metrics)
+
+    return Rescorer(MOSAIC_DETECTOR, lambda: mosaic_eval_data()[1], rescore)
+
+
 def _anonymizer(params: Params) -> Rescorer:
     from orchestration.anonymization_stages import anonymization_eval_data, evaluate_anonymizers, flat_metrics
 
@@ -73,7 +86,8 @@ def _anonymizer(params: Params) -> Rescorer:
     return Rescorer(ANONYMIZER, lambda: anonymization_eval_data(params)[1], rescore)
 
 
-_BUILDERS: dict[str, Callable[[Params], Rescorer]] = {RESTORER: _restorer, DETECTOR: _detector, ANONYMIZER: _anonymizer}
+_BUILDERS: dict[str, Callable[[Params], Rescorer]] = {RESTORER: _restorer, DETECTOR: _detector, MOSAIC_DETECTOR: _mosaic_detector,
+                                                       ANONYMIZER: _anonymizer}
 
 
 def rescorer_for(params: Params, model: str) -> Rescorer | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestration import anonymization_stages, detection_stages, lineage, promotion_stages, restoration_stages, stage_io
+from orchestration import (
+    anonymization_stages, detection_stages, lineage, mosaic_detection_stages, promotion_stages, restoration_stages, stage_io,
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,47 @@ STAGES: tuple[Stage, ...] = (
         metrics=(str(restoration_stages.RESTORATION_METRICS),),
     ),
     Stage(
+        name="mosaic_coco",
+        group="restoration",
+        description="Where every mosaic is, on whole frames: the lineage's own seeded mosaics over its scenes' regions, "
+        "random mosaics pasted on free frames (train clips) and clean frames, as a one-category COCO set split like "
+        "the restoration dataset; each val clip's whole LQ video.",
+        run=mosaic_detection_stages.run_mosaic_coco,
+        upstream=("raw_clips", "region_tracks", "restoration_dataset"),
+        params=("mosaic", "tracking", "dataset", "mosaic_detector.data"),
+        outs=(str(mosaic_detection_stages.MOSAIC_COCO),),
+        kinds=("python", "coco", "video"),
+        metrics=(str(mosaic_detection_stages.MOSAIC_COCO_METRICS),),
+    ),
+    Stage(
+        name="mosaic_detector_checkpoint",
+        group="restoration",
+        description="The detection track's torchvision detector with one category (mosaic), fine-tuned on mosaic_coco "
+        "(from the face/plate base in the embedded default); what `aubergine restore --regions mosaic` uses.",
+        run=mosaic_detection_stages.run_mosaic_detector,
+        upstream=("mosaic_coco",),
+        params=("mosaic_detector",),
+        outs=(str(mosaic_detection_stages.MOSAIC_DETECTOR),),
+        kinds=("pytorch", "mlflow"),
+        metrics=(str(mosaic_detection_stages.MOSAIC_DETECTOR_METRICS),),
+        plots=((str(mosaic_detection_stages.MOSAIC_DETECTOR / "history.json"), "iteration",
+                ("loss", "loss_classification", "loss_bbox_regression", "loss_bbox_ctrness")),),
+        pool="gpu",
+    ),
+    Stage(
+        name="mosaic_detection_report",
+        group="restoration",
+        description="COCO mAP of the trained mosaic detector against the grid heuristic on the val clips' mosaics, and "
+        "the lineage scenes a whole-video pass over each val LQ video finds; registers `mosaic-detector` (alias "
+        "challenger).",
+        run=mosaic_detection_stages.run_mosaic_detection_report,
+        upstream=("mosaic_detector_checkpoint", "mosaic_coco", "region_tracks"),
+        params=("mosaic_detector", "restore", "tracking", "detection"),
+        outs=(str(mosaic_detection_stages.MOSAIC_DETECTION_REPORT),),
+        kinds=("pytorch", "mlflow", "html"),
+        metrics=(str(mosaic_detection_stages.MOSAIC_DETECTION_METRICS),),
+    ),
+    Stage(
         name="unified_coco",
         group="detection",
         description="Faces and plates from every source in one COCO set (categories face=1, plate=2): WIDER FACE, "
@@ -222,7 +265,7 @@ STAGES: tuple[Stage, ...] = (
         "metrics with the `champion`'s by the rules in `promotion.models` and moves `champion` only on a pass; the "
         "decision (inputs, outcome, reasons) goes to model-version tags, this run's tags and decisions.json.",
         run=promotion_stages.run_promoted_models,
-        upstream=("restoration_report", "detection_report", "anonymization_report"),
+        upstream=("restoration_report", "mosaic_detection_report", "detection_report", "anonymization_report"),
         params=("promotion",),
         outs=(str(promotion_stages.PROMOTION_REPORT),),
         kinds=("mlflow",),

@@ -41,8 +41,9 @@ class Project:
         doc["detection"]["yunet_model"] = str(YUNET)
         doc["eggplant"]["emoji_png"] = str(EMOJI)
         doc["coco"]["synthetic_faces"]["people_index"] = str(PEOPLE)
-        if doc["profiles"]["embedded"]["detector"].get("init_from"):
-            doc["profiles"]["embedded"]["detector"]["init_from"] = str(DETECTOR_BASE)
+        for section in ("detector", "mosaic_detector"):
+            if doc["profiles"]["embedded"].get(section, {}).get("init_from"):
+                doc["profiles"]["embedded"][section]["init_from"] = str(DETECTOR_BASE)
         doc["mlflow"]["enabled"] = False
         for dotted, value in sections.items():
             node = doc

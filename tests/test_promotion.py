@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from orchestration.config import CompareRule, ConfigError, FloorRule, ModelGate, load_params
-from orchestration.model_metrics import ANONYMIZER, DETECTOR, REPORT_METRICS, RESTORER
+from orchestration.model_metrics import ANONYMIZER, DETECTOR, MOSAIC_DETECTOR, REPORT_METRICS, RESTORER
 from orchestration.promotion import decide
 from orchestration.runner import run_stage
 from tests.conftest import ROOT, Project, need_media
@@ -122,7 +122,7 @@ def test_unreachable_registry_is_said_before_training_starts(project):
 def test_catalogue_matches_the_committed_report_metrics():
     """The metric names a gate may use are the ones the reports really log (their committed metrics files)."""
     for model, path in ((RESTORER, "data/metrics/restoration.json"), (DETECTOR, "data/metrics/detection.json"),
-                        (ANONYMIZER, "data/metrics/anonymization.json")):
+                        (MOSAIC_DETECTOR, "data/metrics/mosaic_detection.json"), (ANONYMIZER, "data/metrics/anonymization.json")):
         logged = set(json.loads((ROOT / path).read_text()))
         assert REPORT_METRICS[model] <= logged, (model, sorted(REPORT_METRICS[model] - logged))
 

@@ -137,8 +137,10 @@ def build_detector(
     frozen_bn: bool | None = None,
     trainable_layers: int | None = None,
     fpn_channels: int = 256,
+    categories: dict[str, int] | None = None,
 ) -> nn.Module:
     """A torchvision detector; random init unless `pretrained_backbone` names a local ImageNet file.
+    `categories` (name -> label, default face/plate) is what its labels mean; the mosaic detector has one.
 
     `frozen_bn` / `trainable_layers` default to torchvision's choice (frozen BN and 3 trainable stages with a
     pretrained backbone; BatchNorm2d and every stage without). `fpn_channels` is the FPN/head width
@@ -159,7 +161,11 @@ def build_detector(
         raise DetectorError(f"{arch}: trainable_layers must be in 0..{max_layers}, got {trainable_layers}")
     if fpn_channels < 8 or (arch != "fasterrcnn_mobilenet_v3_large_fpn" and fpn_channels % 32):
         raise DetectorError(f"{arch}: fpn_channels must be a multiple of 32 (GroupNorm in the head), got {fpn_channels}")
-    spec = DetectorSpec(arch, num_classes, int(min_size), int(max_size), frozen_bn, trainable_layers, int(fpn_channels))
+    categories = dict(categories or CATEGORY_IDS)
+    if not categories or min(categories.values()) < 1 or max(categories.values()) >= num_classes:
+        raise DetectorError(f"categories {categories} need labels in 1..{num_classes - 1} (num_classes={num_classes})")
+    spec = DetectorSpec(arch, num_classes, int(min_size), int(max_size), frozen_bn, trainable_layers, int(fpn_channels),
+                        categories)
     model = _build(spec, norm_layer, pretrained_backbone, sha256)
     model.spec = spec
     return model
@@ -254,8 +260,7 @@ def load_detector(path: str | Path, sha256: str | None = None, device: str | tor
     spec = DetectorSpec.from_meta(meta, str(path))
     model = build_detector(spec.arch, spec.num_classes, None, None, spec.min_size, spec.max_size,
                            frozen_bn=spec.frozen_bn, trainable_layers=spec.trainable_layers,
-                           fpn_channels=spec.fpn_channels)
-    model.spec = spec
+                           fpn_channels=spec.fpn_channels, categories=spec.categories)
     sd = data.get("state_dict")
     if not isinstance(sd, dict):
         raise DetectorError(f"{path}: no state_dict in the checkpoint")
@@ -344,15 +349,22 @@ class DetectorRegions:
         return cls(model, score_threshold, kinds)
 
     def __call__(self, frame: np.ndarray, index: int) -> list[Detection]:
-        h, w = frame.shape[:2]
+        return self.detect_batch([frame], [index])[0]
+
+    def detect_batch(self, frames: list[np.ndarray], indices: list[int]) -> list[list[Detection]]:
+        """One forward pass over the frames (restore's `--mosaic-detection-batch-size`)."""
         out = []
-        for det in predict(self.model, [frame], self.score_threshold, 1)[0]:
-            if det["category"] not in self.kinds:
-                continue
-            x, y, bw, bh = det["bbox"]
-            box = (max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh))
-            if box[2] > box[0] and box[3] > box[1]:
-                out.append(Detection(det["category"], box, det["score"]))
+        for frame, dets in zip(frames, predict(self.model, frames, self.score_threshold, max(1, len(frames)))):
+            h, w = frame.shape[:2]
+            found = []
+            for det in dets:
+                if det["category"] not in self.kinds:
+                    continue
+                x, y, bw, bh = det["bbox"]
+                box = (max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh))
+                if box[2] > box[0] and box[3] > box[1]:
+                    found.append(Detection(det["category"], box, det["score"]))
+            out.append(found)
         return out
 
 

@@ -47,6 +47,7 @@ class DetectorTrainSettings:
     val_images: Path | None = None
     arch: str = "fcos_resnet18_fpn"
     num_classes: int = 3
+    categories: dict[str, int] | None = None  # name -> label of the COCO files' categories; None = face/plate
     fpn_channels: int = 256  # FPN/head width; torchvision's 256
     pretrained_backbone: Path | None = None
     pretrained_sha256: str | None = None
@@ -94,7 +95,7 @@ Hook = Callable[[dict, int], None]
 
 def recipe(s: DetectorTrainSettings) -> dict:
     """The settings that change what training computes (a resumed checkpoint must agree on all of them)."""
-    keys = ("arch", "num_classes", "fpn_channels", "pretrained_sha256", "min_size", "max_size", "batch_size", "lr", "optimizer",
+    keys = ("arch", "num_classes", "categories", "fpn_channels", "pretrained_sha256", "min_size", "max_size", "batch_size", "lr", "optimizer",
             "momentum", "weight_decay", "clip_grad_norm", "max_iters", "flip", "seed")
     out = {k: getattr(s, k) for k in keys}
     out.update({"warmup_iters": warmup_of(s), "scale_jitter": list(s.scale_jitter),
@@ -129,17 +130,29 @@ def _validate(s: DetectorTrainSettings) -> None:
                          "its backbone -- set one of them")
 
 
+# The layers whose shape follows the number of classes (FCOS/RetinaNet logits, Faster R-CNN's box predictor).
+CLASS_LAYERS = ("head.classification_head.cls_logits.", "roi_heads.box_predictor.")
+
+
 def _init_from(model: torch.nn.Module, s: DetectorTrainSettings) -> dict:
-    """Load a whole pretrained detector into `model` (same structure, strictly); its meta back."""
+    """Load a whole pretrained detector into `model`; its meta back. Same structure: strictly. Other categories
+    (the mosaic detector fine-tuned from the face/plate base): everything but the class layers, which keep
+    their fresh init -- torchvision's fine-tuning recipe of replacing the predictor."""
     state = det.read_weights(s.init_from, s.init_sha256, "point detector.init_from at a detector .pth (e.g. the one "
                              "`make setup` pretrains) or set it to null")
     meta = state.get("meta") or {}
     want = model.spec.meta()
-    clash = [f"{k}: file {meta.get(k)!r}, config {want[k]!r}" for k in ("arch", "num_classes", "fpn_channels", "frozen_bn")
+    clash = [f"{k}: file {meta.get(k)!r}, config {want[k]!r}" for k in ("arch", "fpn_channels", "frozen_bn")
              if meta.get(k) != want[k]]
     if clash:
         raise det.DetectorError(f"{s.init_from}: detector.init_from does not fit the configured detector ({'; '.join(clash)})")
-    det.load_strict(model, state["state_dict"], f"{s.init_from} (detector.init_from)")
+    sd = state["state_dict"]
+    if meta.get("num_classes") != want["num_classes"] or (meta.get("categories") or want["categories"]) != want["categories"]:
+        own = model.state_dict()
+        sd = {k: v for k, v in sd.items() if not k.startswith(CLASS_LAYERS)}
+        sd.update({k: v for k, v in own.items() if k.startswith(CLASS_LAYERS)})
+        meta = {**meta, "about": f"{meta.get('about') or 'a detector'}; class layers new for {', '.join(want['categories'])}"}
+    det.load_strict(model, sd, f"{s.init_from} (detector.init_from)")
     return meta
 
 
@@ -163,13 +176,13 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
     device = pick_device(s.device)
     use_amp = s.amp and device.type == "cuda"
     s.work_dir.mkdir(parents=True, exist_ok=True)
-    train_data = CocoBoxes(s.train_json, s.train_images)
+    train_data = CocoBoxes(s.train_json, s.train_images, s.categories)
     sampler = BoxSampler(train_data, s.min_size, s.max_size, s.seed, s.scale_jitter, s.flip, s.workers)
-    val_data = CocoBoxes(s.val_json, s.val_images or s.train_images) if s.val_json else None
+    val_data = CocoBoxes(s.val_json, s.val_images or s.train_images, s.categories) if s.val_json else None
 
     torch.manual_seed(s.seed)
     model = det.build_detector(s.arch, s.num_classes, s.pretrained_backbone, s.pretrained_sha256, s.min_size, s.max_size,
-                               fpn_channels=s.fpn_channels)
+                               fpn_channels=s.fpn_channels, categories=s.categories)
     spec = model.spec
     if s.init_from is not None:
         base = _init_from(model, s)
