@@ -2,7 +2,9 @@
 
 1. Regions per frame: `regions=detect` uses the `detection` section's face/plate detectors (or a
    `<clip>.coco.json` sidecar), `regions=mosaic` finds already-pixelated areas with the mosaic detector the
-   lineage trained (`restore.mosaic_detector: model`), the grid heuristic (`grid`) or the sidecar's boxes.
+   lineage trained (`restore.mosaic_detector: model`), the grid heuristic (`grid`), the better of the two
+   as the mosaic detection report measured them (`auto`), or the sidecar's boxes. Frames are decoded in a
+   thread ahead of detection (`detector_queue_size`) and detected `detection_batch_size` at a time.
 2. Detections are linked into tracks and filtered exactly as the lineage does (`assets.tracks`, the
    `tracking` section: a track detected on fewer than `min_track_detections` frames or with a mean score
    under `min_track_score` is a false positive, dropped and counted in the summary's `tracks_dropped`, so a

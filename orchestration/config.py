@@ -287,6 +287,15 @@ class RestoreParams(_Strict):
     detector_queue_size: PositiveInt = 8  # frames decoded ahead of detection (Lada's --detector-queue-size)
     # Decoding on a device through PyAV (Lada's --hw-decode): auto = the first FFmpeg hw device that opens, else CPU.
     hw_decode: Literal["off", "auto", "cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"] = "off"
+
+    @field_validator("hw_decode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value):
+        # YAML 1.1 reads an unquoted off/on as a boolean (DVC's `-S` rewrite of params.yaml writes it unquoted),
+        # and lada-cli's --hw-decode is a switch: false = off, true = auto.
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
     device: str = "auto"
     fp16: bool = True  # half precision on CUDA
 
@@ -403,6 +412,8 @@ class MosaicDetectorParams(DetectorParams):
     """`mosaic_detector_checkpoint`: the detection track's torchvision detector, one category (mosaic), trained on
     mosaic_coco. The same knobs as `detector`, plus the data it is trained on."""
 
+    max_iters: PositiveInt = 5000
+    checkpoint_interval: PositiveInt = 500
     score_threshold: Fraction = 0.5  # what `aubergine restore --regions mosaic` keeps
     # With regions = mosaic, tracks whose mean score is lower are dropped: this replaces tracking.min_track_score,
     # which is calibrated on the face/plate detectors (the grid heuristic's block scores on a clean mosaic are

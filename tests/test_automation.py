@@ -134,7 +134,7 @@ def test_training_assets_share_the_gpu_pool_limited_to_one():
         for node in asset.node_def.iterate_op_defs() if hasattr(asset.node_def, "iterate_op_defs") else [asset.node_def]:
             pools[asset.key.to_user_string()] = node.pool
     assert {name for name, pool in pools.items() if pool == "gpu"} == {"stage1_checkpoint", "stage2_checkpoint", "detector_checkpoint",
-                                                                             "lora_checkpoint"}
+                                                                             "mosaic_detector_checkpoint", "lora_checkpoint"}
     instance = yaml.safe_load((ROOT / "dagster_home/dagster.yaml").read_text())
     assert instance["concurrency"]["pools"]["default_limit"] == 1
 

@@ -180,3 +180,14 @@ def test_restore_flags_are_checked_like_params_before_any_work(tmp_path):
     assert result.exit_code == 2
     assert "restore.hw_decode = 'nvdec-please'" in result.output
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_hw_decode_survives_yaml_booleans():
+    """DVC's `exp run -S` rewrites params.yaml with `hw_decode: off` unquoted, which YAML reads as false."""
+    import yaml
+
+    from orchestration.config import RestoreParams
+
+    assert RestoreParams.model_validate(yaml.safe_load("hw_decode: off")).hw_decode == "off"
+    assert RestoreParams.model_validate(yaml.safe_load("hw_decode: on")).hw_decode == "auto"
+    assert RestoreParams.model_validate({"hw_decode": "cuda"}).hw_decode == "cuda"

@@ -239,9 +239,12 @@ def _wait_dagster_graph(page, timeout_ms: int) -> None:
     page.locator(_GRAPH_SVG).wait_for(timeout=timeout_ms)
 
 
-def open_dagster_asset_graph(page, base_url: str, *, full_nodes: bool, timeout_ms: int = 60_000) -> None:
+def open_dagster_asset_graph(page, base_url: str, *, full_nodes: bool, timeout_ms: int = 60_000,
+                             names: tuple[str, ...] = ()) -> None:
     """The global asset lineage with every group expanded. With `full_nodes`, the viewport grows until zoom-to-fit
-    lands at a scale where every node is drawn in full with its whole name, whatever the graph's size."""
+    lands at a scale where every node is drawn in full with its whole name, whatever the graph's size, and every
+    one of `names` is drawn (off-screen nodes are not drawn at all, and zoom-to-fit can land on a layout that
+    grows once the groups expand)."""
     page.goto(base_url + "/asset-groups")
     _wait_dagster_graph(page, timeout_ms)
     # ⌥E toggles between all-expanded and all-collapsed; a fresh profile starts collapsed, and the check makes sure.
@@ -252,16 +255,20 @@ def open_dagster_asset_graph(page, base_url: str, *, full_nodes: bool, timeout_m
         page.locator(_COLLAPSED_GROUP).first.wait_for(state="detached", timeout=timeout_ms)
     if not full_nodes:
         return
-    for _ in range(4):
-        if page.locator(_MINIMAL_NODE).count() == 0:
-            return
-        svg = page.locator(_GRAPH_SVG)
-        layout_w, layout_h = float(svg.get_attribute("width")), float(svg.get_attribute("height"))
-        area = svg.locator("xpath=..").bounding_box()
+    for _ in range(6):
         size = page.viewport_size
-        target = DAGSTER_FULL_NODE_SCALE * 1.04
-        grow_w = max(0.0, layout_w * target - area["width"])
-        grow_h = max(0.0, layout_h * target - area["height"])
+        if page.locator(_MINIMAL_NODE).count() == 0:
+            graph = page.locator(_GRAPH_SVG)
+            if all(graph.get_by_text(name, exact=True).count() for name in names):
+                return
+            grow_w, grow_h = size["width"] * 0.3, size["height"] * 0.3  # some node is off screen: more room
+        else:
+            svg = page.locator(_GRAPH_SVG)
+            layout_w, layout_h = float(svg.get_attribute("width")), float(svg.get_attribute("height"))
+            area = svg.locator("xpath=..").bounding_box()
+            target = DAGSTER_FULL_NODE_SCALE * 1.04
+            grow_w = max(0.0, layout_w * target - area["width"])
+            grow_h = max(0.0, layout_h * target - area["height"])
         # Zoom-to-fit runs on load, so the page is reloaded at the new size (the expanded groups are remembered).
         page.set_viewport_size({"width": int(size["width"] + grow_w * 1.05) + 40,
                                 "height": int(size["height"] + grow_h * 1.05) + 40})
