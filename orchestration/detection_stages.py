@@ -163,12 +163,13 @@ def _example_sheet(root: Path, per_source: int = 3):
 
 
 
-def coco_hash() -> str:
-    """The identity of the unified COCO set both splits' files make; a StageInputError when it is missing."""
+def coco_hash(root: Path = UNIFIED_COCO, stage: str = "unified_coco") -> str:
+    """The identity of a COCO set (the unified one, or the mosaic one) that both splits' files make; a
+    StageInputError naming the stage to materialize when it is missing."""
     for split in ("train", "val"):
-        if not (UNIFIED_COCO / f"{split}.json").is_file():
-            raise StageInputError(f"{UNIFIED_COCO / f'{split}.json'}: missing; materialize `unified_coco` first")
-    return hash_files(UNIFIED_COCO / "train.json", UNIFIED_COCO / "val.json")
+        if not (root / f"{split}.json").is_file():
+            raise StageInputError(f"{root / f'{split}.json'}: missing; materialize `{stage}` first")
+    return hash_files(root / "train.json", root / "val.json")
 
 
 def run_detector(params: Params) -> StageOutput:
@@ -240,26 +241,27 @@ def _init_label() -> str:
         return "unknown (no data/models/detector/train.json)"
 
 
-def detection_split() -> str:
-    """val, unless every source fell in one group (e.g. a single clip) and nothing is held out."""
-    return "val" if json.loads((UNIFIED_COCO / "val.json").read_text())["images"] else "train"
+def detection_split(root: Path = UNIFIED_COCO, needs: str = "images") -> str:
+    """val, unless val has no `needs` (images; for the mosaic set, annotations): every source fell in one group
+    (e.g. a single clip) and nothing is held out."""
+    return "val" if json.loads((root / "val.json").read_text())[needs] else "train"
 
 
-def detection_eval_data() -> tuple[str, str]:
-    """(split, hash) of what the detector's numbers are measured on: that split's COCO file and its images."""
-    split = detection_split()
-    doc = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
-    return split, fingerprint(split, hash_files(UNIFIED_COCO / f"{split}.json",
-                                                *(UNIFIED_COCO / im["file_name"] for im in doc["images"])))
+def detection_eval_data(root: Path = UNIFIED_COCO, needs: str = "images") -> tuple[str, str]:
+    """(split, hash) of what a detector's numbers are measured on: that split's COCO file and its images."""
+    split = detection_split(root, needs)
+    doc = json.loads((root / f"{split}.json").read_text())
+    return split, fingerprint(split, hash_files(root / f"{split}.json", *(root / im["file_name"] for im in doc["images"])))
 
 
-def evaluate_detector(model, split: str):
-    """(COCO evaluation, detections) of `model` on `split`: the report's figures and the champion re-score's."""
+def evaluate_detector(model, split: str, root: Path = UNIFIED_COCO):
+    """(COCO evaluation, detections) of `model` on `root`'s `split`: the reports' figures and the champion
+    re-scores', for the face/plate detector and the mosaic detector alike."""
     from evaluation.detection_map import evaluate
     from training.detector import evaluate_coco
 
-    gt = json.loads((UNIFIED_COCO / f"{split}.json").read_text())
-    detections = evaluate_coco(model, UNIFIED_COCO / f"{split}.json", UNIFIED_COCO, score_threshold=0.0)
+    gt = json.loads((root / f"{split}.json").read_text())
+    detections = evaluate_coco(model, root / f"{split}.json", root, score_threshold=0.0)
     return evaluate(gt, detections), detections
 
 

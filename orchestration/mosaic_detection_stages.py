@@ -16,10 +16,10 @@ from pathlib import Path
 from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.detection_stages import train_detector_stage
+from orchestration.detection_stages import coco_hash, detection_eval_data, evaluate_detector, train_detector_stage
 from orchestration.lineage import _failures, _index, encoder
 from orchestration.stage_io import (
-    RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError, StageOutput, fingerprint, hash_files, read_json,
+    RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError, StageOutput, hash_files, read_json,
 )
 
 MOSAIC_COCO = Path("data/datasets/mosaic_coco")
@@ -109,10 +109,7 @@ def _examples(root: Path, images: dict, per_source: int = 3):
 
 
 def mosaic_coco_hash() -> str:
-    for split in ("train", "val"):
-        if not (MOSAIC_COCO / f"{split}.json").is_file():
-            raise StageInputError(f"{MOSAIC_COCO / f'{split}.json'}: missing; materialize `mosaic_coco` first")
-    return hash_files(MOSAIC_COCO / "train.json", MOSAIC_COCO / "val.json")
+    return coco_hash(MOSAIC_COCO, "mosaic_coco")
 
 
 def run_mosaic_detector(params: Params) -> StageOutput:
@@ -122,25 +119,9 @@ def run_mosaic_detector(params: Params) -> StageOutput:
                                 MOSAIC_DETECTOR_METRICS, "mosaic_detector", categories=CATEGORY_IDS)
 
 
-def mosaic_eval_split() -> str:
-    return "val" if json.loads((MOSAIC_COCO / "val.json").read_text())["annotations"] else "train"
-
-
 def mosaic_eval_data() -> tuple[str, str]:
-    """(split, hash) of what the mosaic detector's numbers are measured on."""
-    split = mosaic_eval_split()
-    doc = json.loads((MOSAIC_COCO / f"{split}.json").read_text())
-    return split, fingerprint(split, hash_files(MOSAIC_COCO / f"{split}.json", *(MOSAIC_COCO / im["file_name"] for im in doc["images"])))
-
-
-def evaluate_mosaic_detector(model, split: str):
-    """(COCO evaluation, detections) of a mosaic detector on `split`: the report's and the champion re-score's."""
-    from evaluation.detection_map import evaluate
-    from training.detector import evaluate_coco
-
-    gt = json.loads((MOSAIC_COCO / f"{split}.json").read_text())
-    detections = evaluate_coco(model, MOSAIC_COCO / f"{split}.json", MOSAIC_COCO, score_threshold=0.0)
-    return evaluate(gt, detections), detections
+    """(split, hash) of what the mosaic detector's numbers are measured on: val unless it holds no mosaic."""
+    return detection_eval_data(MOSAIC_COCO, needs="annotations")
 
 
 def _video_recall(params: Params, detectors: dict) -> list[dict]:
@@ -187,7 +168,7 @@ def run_mosaic_detection_report(params: Params) -> StageOutput:
     model, meta = load_detector(source, device="cpu")
     split, eval_hash = mosaic_eval_data()
     gt = json.loads((MOSAIC_COCO / f"{split}.json").read_text())
-    result, detections = evaluate_mosaic_detector(model, split)
+    result, detections = evaluate_detector(model, split, MOSAIC_COCO)
     grid = GridMosaicDetector()
     grid_detections = region_detections(grid, gt, MOSAIC_COCO)
     grid_result = evaluate(gt, grid_detections)

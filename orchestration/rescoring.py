@@ -46,30 +46,30 @@ def _restorer(params: Params) -> Rescorer:
     return Rescorer(RESTORER, lambda: restoration_eval_data(params)[1], rescore)
 
 
-def _detector(params: Params) -> Rescorer:
+def _coco_detector(model_name: str, root: Path, needs: str) -> Rescorer:
+    """The face/plate detector (unified COCO) and the mosaic detector (mosaic COCO): one evaluation, two sets."""
     from orchestration.detection_stages import detection_eval_data, detection_split, evaluate_detector
 
     def rescore(uri: str) -> dict[str, float]:
         import mlflow.pytorch
 
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
-        result, _ = evaluate_detector(model.eval(), detection_split())
+        result, _ = evaluate_detector(model.eval(), detection_split(root, needs), root)
         return _numeric(result.metrics)
 
-    return Rescorer(DETECTOR, lambda: detection_eval_data()[1], rescore)
+    return Rescorer(model_name, lambda: detection_eval_data(root, needs)[1], rescore)
+
+
+def _detector(params: Params) -> Rescorer:
+    from orchestration.detection_stages import UNIFIED_COCO
+
+    return _coco_detector(DETECTOR, UNIFIED_COCO, "images")
 
 
 def _mosaic_detector(params: Params) -> Rescorer:
-    from orchestration.mosaic_detection_stages import evaluate_mosaic_detector, mosaic_eval_data, mosaic_eval_split
+    from orchestration.mosaic_detection_stages import MOSAIC_COCO
 
-    def rescore(uri: str) -> dict[str, float]:
-        import mlflow.pytorch
-
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-        result, _ = evaluate_mosaic_detector(model.eval(), mosaic_eval_split())
-        return _numeric(result.metrics)
-
-    return Rescorer(MOSAIC_DETECTOR, lambda: mosaic_eval_data()[1], rescore)
+    return _coco_detector(MOSAIC_DETECTOR, MOSAIC_COCO, "annotations")
 
 
 def _anonymizer(params: Params) -> Rescorer:
