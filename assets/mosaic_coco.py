@@ -83,11 +83,13 @@ def _overlaps(a: list[int], b: list[int]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def pasted_mosaics(frame: np.ndarray, rng: np.random.Generator, mosaic, data) -> tuple[np.ndarray, list[list[int]]]:
-    """1..n random mosaics that do not overlap (rectangles or ellipses), block size by Lada's area rule."""
+def pasted_mosaics(frame: np.ndarray, rng: np.random.Generator, mosaic, data,
+                   taken: list[list[int]] | None = None) -> tuple[np.ndarray, list[list[int]]]:
+    """1..n random mosaics that do not overlap each other or the boxes in `taken` (rectangles or ellipses), block
+    size by Lada's area rule; the boxes returned are `taken`'s and the new ones."""
     h, w = frame.shape[:2]
-    out, boxes = frame, []
-    wanted = int(rng.integers(data.pasted_per_frame[0], data.pasted_per_frame[1] + 1))
+    out, boxes = frame, list(taken or [])
+    wanted = len(boxes) + int(rng.integers(data.pasted_per_frame[0], data.pasted_per_frame[1] + 1))
     for _ in range(wanted * 5):  # a few tries per mosaic to find a free place
         if len(boxes) == wanted:
             break
@@ -115,7 +117,7 @@ def pasted_mosaics(frame: np.ndarray, rng: np.random.Generator, mosaic, data) ->
     return out, boxes
 
 
-def _save_jpeg(image: np.ndarray, dest: Path, quality: int) -> None:
+def save_jpeg(image: np.ndarray, dest: Path, quality: int) -> None:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise OSError(f"{dest}: could not encode the JPEG")
@@ -165,7 +167,7 @@ def build_clip(record: dict, split: str, out_root: Path, mosaic, data, mask_shap
             elif source == "clean":
                 lq, boxes = frame, []
             name = f"images/{split}/{stem}_{index:06d}_{source}.jpg"
-            _save_jpeg(lq, out_root / name, int(rng.integers(data.jpeg_quality[0], data.jpeg_quality[1] + 1)))
+            save_jpeg(lq, out_root / name, int(rng.integers(data.jpeg_quality[0], data.jpeg_quality[1] + 1)))
             h, w = lq.shape[:2]
             result.images.append(MosaicImage(name, w, h, clip_id, index, source, boxes))
     return result

@@ -19,10 +19,11 @@ SAMPLE_RAW = ROOT / "data/raw"
 PEOPLE = ROOT / "data/media/people/people.json"
 DETECTOR_BASE = ROOT / "data/models/detector-base/detector.pth"
 RESTORATION_BASE = ROOT / "data/models/restoration-base/generator.pth"
+MOSAIC_DETECTOR_BASE = ROOT / "data/models/mosaic-detector-base/detector.pth"
 
 
 def need_media() -> None:
-    missing = [p for p in (YUNET, EMOJI, PEOPLE, DETECTOR_BASE, RESTORATION_BASE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
+    missing = [p for p in (YUNET, EMOJI, PEOPLE, DETECTOR_BASE, RESTORATION_BASE, MOSAIC_DETECTOR_BASE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
     if missing:
         pytest.fail(f"sample media not provisioned ({missing[0]}); run `make setup` (make test does it)")
 
@@ -41,9 +42,9 @@ class Project:
         doc["detection"]["yunet_model"] = str(YUNET)
         doc["eggplant"]["emoji_png"] = str(EMOJI)
         doc["coco"]["synthetic_faces"]["people_index"] = str(PEOPLE)
-        for section in ("detector", "mosaic_detector"):
+        for section, base in (("detector", DETECTOR_BASE), ("mosaic_detector", MOSAIC_DETECTOR_BASE)):
             if doc["profiles"]["embedded"].get(section, {}).get("init_from"):
-                doc["profiles"]["embedded"][section]["init_from"] = str(DETECTOR_BASE)
+                doc["profiles"]["embedded"][section]["init_from"] = str(base)
         doc["mlflow"]["enabled"] = False
         for dotted, value in sections.items():
             node = doc
