@@ -154,7 +154,7 @@ def build_clip(record: dict, split: str, out_root: Path, mosaic, data, mask_shap
         if split == "val" and scenes:
             result.video = f"videos/{clip_id}"
             writer = stack.enter_context(VideoWriter(out_root / result.video, record["fps_fraction"], encoder))
-        for index, frame in enumerate(read_frames(record["path"])):
+        for index, frame in enumerate(read_frames(record["path"], stop=total or None)):
             result.frames = index + 1
             lq, boxes = lineage_mosaic(frame, active.get(index, ()), index, specs, mask_shape)
             if writer is not None:

@@ -1,6 +1,9 @@
 """`raw_clips`: probe every file in the raw folder; quarantine what cannot be used, with the reason.
 
-A bad file never stops the batch: it becomes a manifest row with `status: quarantined` and a reason.
+A bad file never stops the batch: it becomes a manifest row with `status: quarantined` and a reason. A partial
+file (cut off: fewer frames decode than its header promises) is kept with the frames that decode when they are
+at least `data.min_complete_fraction` of the promise; its row's `frames` and `frames_promised` say how many, and
+every later stage reads only those `frames` (the undecodable tail is never touched).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from pathlib import Path
 from assets.video import VideoError, probe_video
 from assets.weights import sha256_file
 
-PROBE_FIELDS = ("fps", "fps_fraction", "frames", "width", "height", "codec", "pix_fmt", "duration_s", "rotation", "has_audio")
+PROBE_FIELDS = ("fps", "fps_fraction", "frames", "width", "height", "codec", "pix_fmt", "duration_s", "rotation", "has_audio",
+                "frames_promised")
 
 
 class RawFolderError(FileNotFoundError):
@@ -33,7 +37,17 @@ def range_problems(probe, params) -> list[str]:
             problems.append(f"{side} {value} outside [{params.min_side}, {params.max_side}]")
     if probe.duration_s > params.max_duration_s:
         problems.append(f"duration {probe.duration_s:.1f}s above {params.max_duration_s}s")
+    if is_partial(probe.frames, probe.frames_promised):
+        fraction = probe.frames / probe.frames_promised
+        if fraction < params.min_complete_fraction:
+            problems.append(f"partial file: {probe.frames} of the {probe.frames_promised} frames its header promises "
+                            f"decode ({fraction:.0%}), below data.min_complete_fraction={params.min_complete_fraction}")
     return problems
+
+
+def is_partial(frames: int | None, promised: int | None) -> bool:
+    """A clip whose decodable frames fall short of what its header promises (`probe_video` counts both)."""
+    return bool(frames is not None and promised and frames < promised)
 
 
 def probe_clip(path: Path, raw_dir: Path, params) -> dict:
@@ -73,6 +87,8 @@ def build_manifest(params, progress=None) -> dict:
             "total": len(clips),
             "ok": sum(c["status"] == "ok" for c in clips),
             "quarantined": sum(c["status"] == "quarantined" for c in clips),
+            # kept with the frames that decode; their rows say how many of the promised ones that is
+            "partial": sum(c["status"] == "ok" and is_partial(c["frames"], c["frames_promised"]) for c in clips),
         },
     }
 

@@ -29,7 +29,7 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     path = Path(clip["path"])
     detector = build_detector(path, detection, trained)
     detections: list[list] = []
-    frames = tqdm(read_frames(path), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
+    frames = tqdm(read_frames(path, stop=clip["frames"]), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
     for index, frame in enumerate(frames):
         detections.append(detector(frame, index) if index % detection.every_n_frames == 0 else [])
     if len(detections) < clip["frames"]:

@@ -35,6 +35,9 @@ class VideoProbe:
     duration_s: float
     rotation: int  # degrees clockwise that a player applies to show the frame upright
     has_audio: bool
+    # What the container's header promises (its frame count, else duration x rate); None when it says nothing.
+    # Below `frames` only for a partial file: `frames` is then what decodes, the rest is missing.
+    frames_promised: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,22 +93,57 @@ def probe_video(path: str | Path) -> VideoProbe:
         if first is None:
             raise VideoError(f"{path}: no frame could be decoded from {packets} packets")
         rotation = _clockwise_rotation(first)
+        has_audio = bool(container.streams.audio)
+        codec, pix_fmt = stream.codec_context.name, first.format.name
         width, height = first.width, first.height
         if rotation in (90, 270):
             width, height = height, width
         fps = float(rate)
-        return VideoProbe(
-            fps=fps,
-            fps_fraction=f"{rate.numerator}/{rate.denominator}",
-            frames=packets,
-            width=width,
-            height=height,
-            codec=stream.codec_context.name,
-            pix_fmt=first.format.name,
-            duration_s=packets / fps,
-            rotation=rotation,
-            has_audio=bool(container.streams.audio),
-        )
+        promised, exact = _promised_frames(container, stream, fps)
+    frames = packets
+    # A duration-derived promise is a rounding away from the count: only a clear shortfall makes a file partial.
+    if promised is not None and packets < (promised if exact else promised * 0.98 - 1):
+        # A partial file (cut off, a copy that stopped): its last packets may not decode, so count what does.
+        frames = count_decodable(path)
+        if frames == 0:
+            raise VideoError(f"{path}: no frame decodes of the {promised} its header promises")
+    return VideoProbe(
+        fps=fps,
+        fps_fraction=f"{rate.numerator}/{rate.denominator}",
+        frames=frames,
+        width=width,
+        height=height,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        duration_s=frames / fps,
+        rotation=rotation,
+        has_audio=has_audio,
+        frames_promised=promised,
+    )
+
+
+def _promised_frames(container, stream, fps: float) -> tuple[int | None, bool]:
+    """(frames the header promises, whether it states them exactly) -- the count of the stream's index (mp4),
+    else its duration (or the container's) times the rate."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), True
+    if stream.duration and stream.time_base:
+        return int(round(float(stream.duration * stream.time_base) * fps)), False
+    if container.duration and container.duration > 0:  # microseconds
+        return int(round(container.duration / 1e6 * fps)), False
+    return None, False
+
+
+def count_decodable(path: str | Path) -> int:
+    """Frames that decode from the start of `path` before the first decoding error (or the end)."""
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for _ in container.decode(container.streams.video[0]):
+                count += 1
+    except av.error.FFmpegError:
+        pass
+    return count
 
 
 HW_DECODERS = ("cuda", "vaapi", "qsv", "videotoolbox", "d3d11va")
@@ -159,13 +197,16 @@ def read_frames(path: str | Path, start: int = 0, stop: int | None = None, hw_de
         reformatter = VideoReformatter()
         index = 0
         try:
+            if stop is not None and stop <= 0:
+                return
             for frame in container.decode(stream):
-                if stop is not None and index >= stop:
-                    break
                 if index >= start:
                     rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
                     yield _upright(np.array(rgb, copy=True), _clockwise_rotation(frame))
                 index += 1
+                # Stop before asking for the next frame: a partial file's undecodable tail is never touched.
+                if stop is not None and index >= stop:
+                    break
         except av.error.FFmpegError as err:
             raise VideoError(f"{path}: decoding failed at frame {index} ({err})") from None
 

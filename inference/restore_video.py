@@ -162,7 +162,7 @@ def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, 
 
     # Decoding runs ahead in a thread, at most `detector_queue_size` frames (Lada's --detector-queue-size); the
     # frames to detect on go to the detector `detection_batch_size` at a time (--mosaic-detection-batch-size).
-    decoded = prefetch(read_frames(path, hw_decode=rp.hw_decode), rp.detector_queue_size)
+    decoded = prefetch(read_frames(path, stop=total, hw_decode=rp.hw_decode), rp.detector_queue_size)  # total: what decodes (probe)
     frames = tqdm(decoded, total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
     for index, frame in enumerate(frames):
         detections.append([])
@@ -313,7 +313,7 @@ def _restore_frames(input_path: Path, dest: Path, scenes: list[Scene], restorer,
                     previous.update(input=frame, output=out, masks=masks)
                 writer.write(out)
 
-        frames = tqdm(read_frames(input_path, hw_decode=hw_decode), total=total, desc=f"restore {input_path.name}",
+        frames = tqdm(read_frames(input_path, stop=total, hw_decode=hw_decode), total=total, desc=f"restore {input_path.name}",
                       unit="frame", leave=False,
                       disable=bar_disabled(progress))
         index = -1

@@ -37,7 +37,7 @@ def validate_clip(clip: Path, dest: Path, restorer, settings_for, progress: bool
     settings = settings_for(probe.height, probe.width)
     chunk: list = []
     with OutputWriter(dest, probe.fps_fraction, settings) as writer:
-        frames = tqdm(read_frames(clip), total=probe.frames, desc=f"validate {clip.name}", unit="frame", leave=False,
+        frames = tqdm(read_frames(clip, stop=probe.frames), total=probe.frames, desc=f"validate {clip.name}", unit="frame", leave=False,
                       disable=bar_disabled(progress))
         for frame in frames:
             chunk.append(frame)

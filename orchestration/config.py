@@ -52,6 +52,7 @@ class DataParams(_Strict):
     extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
     min_frames: PositiveInt = 8
     max_frames: PositiveInt = 200_000
+    min_complete_fraction: float = Field(0.5, ge=0.0, le=1.0)  # a partial file is kept from this share of its promised frames
     min_side: PositiveInt = 32
     max_side: PositiveInt = 8192
     min_fps: Annotated[float, Field(gt=0)] = 5.0

@@ -63,7 +63,7 @@ def _backgrounds(manifest: dict, out: Path) -> list[Path]:
         if not record_path.is_file():
             continue
         wanted = set(clean_background_frames(json.loads(record_path.read_text()), BACKGROUNDS_PER_CLIP))
-        for index, frame in enumerate(read_frames(clip["path"])):
+        for index, frame in enumerate(read_frames(clip["path"], stop=clip["frames"])):
             if index in wanted:
                 dest = out / f"{clip['clip_id']}_{index:06d}.png"
                 with atomic_path(dest) as tmp:

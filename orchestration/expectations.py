@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 RAW_CLIP_COLUMNS = (
     "clip_id", "path", "status", "reason", "sha256",
     "fps", "fps_fraction", "frames", "width", "height", "codec", "pix_fmt", "duration_s", "rotation", "has_audio",
+    "frames_promised",
 )
 CLIP_STATUSES = ("ok", "quarantined")
 ROTATIONS = (0, 90, 180, 270)

@@ -123,6 +123,7 @@ def batch(tmp_path_factory):
     fast = (raw / "faststart.mp4").read_bytes()
     (raw / "faststart.mp4").unlink()
     (raw / "truncated_faststart.mp4").write_bytes(fast[: int(len(fast) * 0.4)])
+    (raw / "partial_faststart.mp4").write_bytes(fast[: int(len(fast) * 0.85)])  # most frames still decode
     (raw / "notes.mp4").write_text("Shot list for Tuesday:\n- kitchen, wide\n- street, close\n")
     write_clip(raw / "one_frame.mp4", frames[:1])
     write_clip(raw / "gradient.mp4", synthetic_frames(30, 144, 176))
@@ -183,8 +184,8 @@ def test_bad_clips_do_not_change_the_good_clips_outcome(batch, tmp_path, monkeyp
 def test_stage_counts(batch):
     m = batch.manifest["counts"]
     quarantined = {c for c, r in batch.rows.items() if r["status"] == "quarantined"}
-    assert {"empty.mp4", "notes.mp4", "one_frame.mp4"} <= quarantined
-    assert m["total"] == len(batch.rows) == 10
+    assert {"empty.mp4", "notes.mp4", "one_frame.mp4", "truncated_faststart.mp4"} <= quarantined
+    assert m["total"] == len(batch.rows) == 11
     assert m["ok"] + m["quarantined"] == m["total"]
     assert batch.reports["raw_clips"].output.metadata["clips_quarantined"] == m["quarantined"]
     # every ok clip was tried by region_tracks, every quarantined one was not
@@ -213,20 +214,42 @@ def test_truncated_clip_is_quarantined_or_fails_alone(batch):
     assert batch.dataset_scenes(GOOD)
 
 
-def test_truncated_clip_with_index_in_front_fails_alone_downstream(batch):
-    """With the index in front the cut file opens and probes; decoding then runs off its end. region_tracks
-    records that clip as failed, naming it, and the batch goes on."""
+def test_truncated_clip_with_index_in_front_is_quarantined_as_partial(batch):
+    """With the index in front the cut file opens and its header still promises every frame; only 40 % of the
+    bytes are left, so fewer than `data.min_complete_fraction` (0.5) of the promised frames decode."""
+    reason = assert_quarantined(batch, "truncated_faststart.mp4", "partial file", "data.min_complete_fraction=0.5")
     row = batch.rows["truncated_faststart.mp4"]
-    if row["status"] == "quarantined":  # a stricter probe is fine too
-        assert_quarantined(batch, "truncated_faststart.mp4")
-        return
-    rec = batch.tracks["truncated_faststart.mp4"]
-    assert rec["status"] == "failed", rec
-    assert "data/raw/truncated_faststart.mp4" in rec["error"]
-    assert "Traceback" not in rec["error"]
-    assert any(word in rec["error"] for word in ("decoding failed", "decoded", "corrupt", "truncated")), rec["error"]
-    assert "truncated_faststart.mp4" not in batch.gt and not batch.dataset_scenes("truncated_faststart.mp4")
-    assert batch.reports["region_tracks"].output.metadata["failed_clips"] >= 1
+    assert row["frames_promised"] == 120 and 0 < row["frames"] < 60, row
+    assert f"{row['frames']} of the 120 frames its header promises decode" in reason
+
+
+def test_partial_clip_is_kept_with_the_frames_that_decode(batch):
+    """85 % of the same file: kept, its row saying how many of the promised frames decode, and every later
+    stage reads only those (the undecodable tail never fails the clip)."""
+    row = batch.rows["partial_faststart.mp4"]
+    assert row["status"] == "ok" and row["frames_promised"] == 120 and 60 <= row["frames"] < 120, row
+    assert batch.manifest["counts"]["partial"] == 1
+    assert batch.rows[GOOD]["frames_promised"] == batch.rows[GOOD]["frames"] == 120
+    rec = batch.tracks["partial_faststart.mp4"]
+    assert rec["status"] == "ok", rec
+    scenes = batch.dataset_scenes("partial_faststart.mp4")
+    assert scenes and max(s["frames_count"] for s in scenes) <= row["frames"]
+
+
+def test_the_partial_threshold_is_a_knob(tmp_path):
+    from assets.raw_clips import probe_clip
+    from orchestration.config import DataParams
+
+    frames = carphone_frames()[:40]
+    write_faststart_clip(tmp_path / "full.mp4", frames)
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.85)])
+    kept = probe_clip(tmp_path / "cut.mp4", tmp_path, DataParams(min_complete_fraction=0.0))
+    assert kept["status"] == "ok" and kept["frames"] < kept["frames_promised"] == 40
+    strict = probe_clip(tmp_path / "cut.mp4", tmp_path, DataParams(min_complete_fraction=1.0))
+    assert strict["status"] == "quarantined" and "partial file" in strict["reason"] and "cut.mp4" in strict["reason"]
+    assert probe_clip(tmp_path / "full.mp4", tmp_path, DataParams(min_complete_fraction=1.0))["status"] == "ok"
+    assert len(list(read_frames(tmp_path / "cut.mp4", stop=kept["frames"]))) == kept["frames"]
 
 
 def test_text_file_named_mp4_is_quarantined(batch):
@@ -325,6 +348,7 @@ BAD_PARAMS = [
     ("mosaic.modes", ["foo"], ["square_mid", "square_avg", "rect_avg"]),
     ("detection.faces", "dlib", ["yunet", "haar", "none"]),
     ("data.min_frames", 0, ["greater than 0"]),
+    ("data.min_complete_fraction", 1.5, ["less than or equal to 1"]),
 ]
 
 

@@ -29,7 +29,7 @@ def ok_clip(clip_id="carphone_pristine.mp4", **changes) -> dict:
     row = {
         "clip_id": clip_id, "path": f"data/raw/{clip_id}", "sha256": SHA, "status": "ok", "reason": None,
         "fps": 25.0, "fps_fraction": "25/1", "frames": 120, "width": 176, "height": 144, "codec": "h264", "pix_fmt": "yuv420p",
-        "duration_s": 4.8, "rotation": 0, "has_audio": False,
+        "duration_s": 4.8, "rotation": 0, "has_audio": False, "frames_promised": 120,
     }
     row.update(changes)
     return row
@@ -39,7 +39,7 @@ def quarantined_clip(clip_id="broken.mp4", reason="data/raw/broken.mp4: cannot d
     row = {
         "clip_id": clip_id, "path": f"data/raw/{clip_id}", "sha256": None, "status": "quarantined", "reason": reason,
         "fps": None, "fps_fraction": None, "frames": None, "width": None, "height": None, "codec": None, "pix_fmt": None,
-        "duration_s": None, "rotation": None, "has_audio": None,
+        "duration_s": None, "rotation": None, "has_audio": None, "frames_promised": None,
     }
     row.update(changes)
     return row
