@@ -14,7 +14,9 @@ from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
 from orchestration.detection_stages import DETECTOR, UNIFIED_COCO, coco_hash
-from orchestration.stage_io import REGION_TRACKS, StageInputError, StageOutput, fingerprint, hash_files
+from orchestration.stage_io import (
+    REGION_TRACKS, StageInputError, StageOutput, fingerprint, hash_files, split_timings, without_timings, write_timings,
+)
 
 DETECTOR_CHECKPOINT = DETECTOR / "detector.pth"
 LORA = Path("data/models/anonymizer")
@@ -153,6 +155,7 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
         "validated_on_val": int(settings.val_json is not None),
         **{k: v for k, v in last.items() if k != "step" and not (isinstance(v, float) and math.isnan(v))},
     }
+    kept, timings = split_timings(summary)
     images: dict[str, Path] = {}
     with atomic_dir(LORA) as tmp:
         shutil.copytree(result.lora_dir, tmp / "lora")
@@ -162,9 +165,9 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
         shutil.copyfile(result.metrics_csv, tmp / METRICS_CSV)
         if result.val_dirs:
             shutil.copytree(Path(result.val_dirs[-1]).parent, tmp / "val_samples")
-        write_json(tmp / "history.json", result.history)
+        write_json(tmp / "history.json", without_timings(result.history))
         base_dir = str(LORA / "base") if (tmp / "base").is_dir() else a.generator.model_dir
-        write_json(tmp / "train.json", {**summary, "base": base_label, "base_dir": base_dir, "labels": result.labels,
+        write_json(tmp / "train.json", {**kept, "base": base_label, "base_dir": base_dir, "labels": result.labels,
                                         "config": a.model_dump(), "device": result.device})
         if result.history and any(k.startswith("loss") for k in result.history[0]):
             write_curves(result.history, tmp / "curves.png", "Anonymizer (LoRA)", x="step")
@@ -172,7 +175,8 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
         images["loss curves"] = LORA / "curves.png"
     for grid in sorted((LORA / "val_samples").glob("step*/*.png"))[-3:]:
         images[f"{grid.parent.name}/{grid.stem}"] = grid
-    write_json(LORA_METRICS, summary)
+    write_json(LORA_METRICS, kept)
+    write_timings(LORA_METRICS.stem, timings, result.history, step="step")
     return StageOutput(
         metadata={**summary, "base": base_label, "lora": str(LORA / "lora"), "device": result.device,
                   "load_with": f"StableDiffusionInpaintPipeline.from_pretrained({base_dir!r}).load_lora_weights({str(LORA / 'lora')!r})"},

@@ -19,7 +19,9 @@ from assets.atomic import atomic_dir, write_json
 from assets.coco_records import Conversion
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.stage_io import RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, hash_files, fingerprint
+from orchestration.stage_io import (
+    RAW_CLIPS, REGION_TRACKS, StageInputError, StageOutput, fingerprint, hash_files, split_timings, without_timings, write_timings,
+)
 
 UNIFIED_COCO = Path("data/datasets/coco")
 DETECTOR = Path("data/models/detector")
@@ -214,11 +216,12 @@ def train_detector_stage(d, seed: int, coco_root: Path, data_hash: str, dest: Pa
     summary = {"iterations": result.iterations, "resumed_from": result.resumed_from,
                "train_seconds": round(result.seconds, 2), **window,
                "iters_per_s": run_rate(done, result.seconds), "images_per_s": run_rate(done * d.batch_size, result.seconds)}
+    kept, timings = split_timings(summary)
     images = {}
     with atomic_dir(dest) as tmp:
         save_detector(model, tmp / "detector.pth", meta={**meta, "fingerprint": run_key})
-        write_json(tmp / "history.json", result.history)
-        write_json(tmp / "train.json", {**summary, "labels": result.labels, "config": d.model_dump(), "device": result.device})
+        write_json(tmp / "history.json", without_timings(result.history))
+        write_json(tmp / "train.json", {**kept, "labels": result.labels, "config": d.model_dump(), "device": result.device})
         if result.history and any(k.startswith("loss") for k in result.history[0]):
             write_curves(result.history, tmp / "curves.png", f"{name.replace('_', ' ').capitalize()} ({d.arch})")
         if result.samples:
@@ -226,7 +229,8 @@ def train_detector_stage(d, seed: int, coco_root: Path, data_hash: str, dest: Pa
     for file, label in (("curves.png", "loss curves"), ("sample_last.png", "detections on val (last sample)")):
         if (dest / file).is_file():
             images[label] = dest / file
-    write_json(metrics_path, summary)
+    write_json(metrics_path, kept)
+    write_timings(metrics_path.stem, timings, result.history)
     return StageOutput(
         metadata={**summary, "arch": d.arch, "init": result.labels.get("init", ""), "device": result.device},
         images=images, files=[dest / "train.json", dest / "history.json", metrics_path], input_hash=data_hash,

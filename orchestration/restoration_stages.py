@@ -16,7 +16,9 @@ from pathlib import Path
 from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
-from orchestration.stage_io import RESTORATION_DATASET, StageInputError, StageOutput, hash_files, fingerprint
+from orchestration.stage_io import (
+    RESTORATION_DATASET, StageInputError, StageOutput, fingerprint, hash_files, split_timings, without_timings, write_timings,
+)
 
 STAGE1 = Path("data/models/restoration/stage1")
 STAGE2 = Path("data/models/restoration/stage2")
@@ -68,12 +70,13 @@ def _publish(out: Path, result, config: dict, title: str, metrics_path: Path, ex
         published.update({"generator_ema." + k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")})
     meta = {**(data.get("meta") or {}), **extra_meta}
     metrics = {**summary(result), **{k: v for k, v in extra_meta.items() if isinstance(v, (int, float, bool))}}
+    kept, timings = split_timings(metrics)
     images = {}
     with atomic_dir(out) as tmp:
         ckpt.save_atomic({"meta": meta, "state_dict": published}, tmp / GENERATOR)
         ckpt.write_lada_config(tmp / GENERATOR, int(meta.get("mid_channels", 64)), int(meta.get("num_blocks", 15)))
-        write_json(tmp / "history.json", result.history)
-        write_json(tmp / "train.json", {**metrics, "labels": result.labels, "config": config, "device": result.device})
+        write_json(tmp / "history.json", without_timings(result.history))
+        write_json(tmp / "train.json", {**kept, "labels": result.labels, "config": config, "device": result.device})
         if result.history:
             write_curves(result.history, tmp / "curves.png", title)
         samples = sorted(work_dir.glob("sample_*.png"))
@@ -83,7 +86,8 @@ def _publish(out: Path, result, config: dict, title: str, metrics_path: Path, ex
         images["loss curves"] = out / "curves.png"
     if (out / "sample_last.png").is_file():
         images["LQ | output | GT (last sample)"] = out / "sample_last.png"
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, kept)
+    write_timings(metrics_path.stem, timings, result.history)
     return StageOutput(
         metadata={**metrics, "init": result.labels.get("init", ""), "resumed": result.labels.get("resumed", "no"),
                   "device": result.device},
@@ -252,7 +256,9 @@ def run_restoration_report(params: Params) -> StageOutput:
             embedded_default=embedded,
         )
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    write_json(RESTORATION_METRICS, numeric)
+    kept, timings = split_timings(numeric)
+    write_json(RESTORATION_METRICS, kept)
+    write_timings(RESTORATION_METRICS.stem, timings)
     registration = {"registered": False, "reason": "restoration.report.register_model is false"}
     tracking.log_dir(RESTORATION_REPORT, "report")
     if rep.register_model:

@@ -16,6 +16,13 @@ MOSAIC_LQ = Path("data/interim/mosaic_lq")
 RESTORATION_DATASET = Path("data/datasets/restoration")
 DATASET_REPORT = Path("data/reports/restoration_dataset")
 DATASET_METRICS = Path("data/metrics/restoration_dataset.json")
+# What a run measured of itself (seconds, rates, memory): differs on every re-run with the same inputs, so it stays
+# out of every DVC-tracked output (metrics files, model folders) and goes to MLflow and here (untracked).
+TIMINGS = Path("data/timings")
+TIMING_KEYS = frozenset({
+    "train_seconds", "sample_seconds", "iters_per_s", "iters_per_s_last_window", "images_per_s",
+    "images_per_s_last_window", "steps_per_s", "peak_memory_mb",
+})
 
 
 class StageInputError(RuntimeError):
@@ -51,3 +58,24 @@ def fingerprint(*parts) -> str:
     for part in parts:
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def split_timings(values: dict) -> tuple[dict, dict]:
+    """(what a re-run with the same inputs reproduces, the run's timings) of a flat dict."""
+    return ({k: v for k, v in values.items() if k not in TIMING_KEYS},
+            {k: v for k, v in values.items() if k in TIMING_KEYS})
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [split_timings(record)[0] for record in history]
+
+
+def write_timings(name: str, timings: dict, history: list[dict] | None = None, step: str = "iteration") -> Path:
+    """`data/timings/<name>.json`, beside `data/metrics/<name>.json`: the run's summary timings and, per logged
+    window, its step and timings."""
+    from assets.atomic import write_json
+
+    windows = [{step: r.get(step), **split_timings(r)[1]} for r in history or [] if split_timings(r)[1]]
+    dest = TIMINGS / f"{name}.json"
+    write_json(dest, {**timings, "windows": windows})
+    return dest
