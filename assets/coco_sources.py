@@ -579,7 +579,8 @@ def _frame_boxes(record: dict) -> tuple[dict[int, list[tuple[str, float, float, 
     return boxes, incomplete
 
 
-def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: Path, every_n: int, max_per_clip: int) -> Conversion:
+def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: Path, every_n: int, max_per_clip: int,
+                              groups: dict[str, str] | None = None) -> Conversion:
     """Sample frames of the `region_tracks` clips, with the detector's boxes, as PNG images.
 
     `data/interim/region_tracks/<clip>.json` holds, per track, one box per frame from `start` as the detector saw
@@ -596,7 +597,8 @@ def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: 
     has no area left inside is not sampled. A missing/unreadable record or an undecodable video is a Problem
     for that clip; other clips go on.
 
-    group = clip id, source "clip_frames", origin "<record json>#frame N"; Box.extra holds the track id.
+    group = the clip's content group (`groups`, from `assets.restoration_dataset.clip_groups`: copies of a clip share
+    one; else the clip id), source "clip_frames", origin "<record json>#frame N"; Box.extra holds the track id.
     """
     if every_n < 1:
         raise ValueError(f"frames_from_region_tracks: every_n must be >= 1, got {every_n}")
@@ -650,7 +652,8 @@ def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: 
                     Image.fromarray(frame).save(tmp, format="PNG")
                 written.add(index)
                 h, w = frame.shape[:2]
-                out.images.append(ImageRecord(dest, w, h, frame_boxes[index], "clip_frames", clip_id, f"{record_path}#frame {index}"))
+                out.images.append(ImageRecord(dest, w, h, frame_boxes[index], "clip_frames", (groups or {}).get(clip_id, clip_id),
+                                              f"{record_path}#frame {index}"))
         except VideoError as err:
             out.problems.append(Problem(str(video), "decoding", f"{err}; {len(written)} of {len(chosen)} frames written"))
             continue

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from assets.atomic import write_json
+from assets.content_groups import frame_signature, sample_indices
 from assets.detect import build_detector
 from assets.lada_meta import scene_name
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks, region_mask
@@ -29,9 +30,13 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     path = Path(clip["path"])
     detector = build_detector(path, detection, trained)
     detections: list[list] = []
+    sampled = set(sample_indices(clip["frames"]))
+    signature: list[str] = []  # perceptual hashes of sampled frames: copies of this clip share its split
     frames = tqdm(read_frames(path, stop=clip["frames"]), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
     for index, frame in enumerate(frames):
         detections.append(detector(frame, index) if index % detection.every_n_frames == 0 else [])
+        if index in sampled:
+            signature.append(frame_signature(frame))
     if len(detections) < clip["frames"]:
         raise VideoError(f"{path}: decoded {len(detections)} of {clip['frames']} frames")
     max_gap = tracking.max_gap_frames + detection.every_n_frames - 1
@@ -62,6 +67,7 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
             for t in tracks
         ],
         "scenes": [s.as_dict() for s in scenes],
+        "content_signature": signature,
     }
     write_json(out_dir / f"{clip['clip_id']}.json", record)
     return {"tracks": len(tracks), "scenes": len(scenes), "scene_frames": int(sum(s.frames for s in scenes)),

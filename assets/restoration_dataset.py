@@ -17,28 +17,44 @@ from assets.region_tracks import load_clip_tracks
 from assets.video import probe_video
 
 
-def split_clips(clip_ids: list[str], val_fraction: float) -> dict[str, str]:
-    """Deterministic split by source clip: a clip's side depends only on its id (a hash against the
-    fraction), so adding clips never moves old ones. With two or more clips, at least one is val and one train."""
-    ranks = {c: int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], "big") / 2**64 for c in clip_ids}
-    split = {c: ("val" if ranks[c] < val_fraction else "train") for c in clip_ids}
-    if len(clip_ids) >= 2 and val_fraction > 0:
-        ordered = sorted(clip_ids, key=ranks.get)
-        if "val" not in split.values():
-            split[ordered[0]] = "val"
-        if "train" not in split.values():
-            split[ordered[-1]] = "train"
-    return split
+def split_clips(clip_ids: list[str], val_fraction: float, groups: dict[str, str] | None = None) -> dict[str, str]:
+    """Deterministic split by content group (`assets.content_groups`; without `groups`, each clip its own): a
+    group's side depends only on its name (a hash against the fraction), so adding clips never moves old ones,
+    and every clip of a group lands on its side. With two or more groups, at least one is val and one train."""
+    group_of = {c: (groups or {}).get(c, c) for c in clip_ids}
+    names = sorted(set(group_of.values()))
+    ranks = {g: int.from_bytes(hashlib.sha256(g.encode()).digest()[:8], "big") / 2**64 for g in names}
+    side = {g: ("val" if ranks[g] < val_fraction else "train") for g in names}
+    if len(names) >= 2 and val_fraction > 0:
+        ordered = sorted(names, key=ranks.get)
+        if "val" not in side.values():
+            side[ordered[0]] = "val"
+        if "train" not in side.values():
+            side[ordered[-1]] = "train"
+    return {c: side[group_of[c]] for c in clip_ids}
+
+
+def clip_groups(tracks_dir: Path, clip_ids: list[str]) -> dict[str, str]:
+    """clip id -> content group, from the perceptual hashes region_tracks kept for each clip."""
+    from assets.content_groups import content_groups
+
+    signatures = {}
+    for clip_id in clip_ids:
+        path = tracks_dir / f"{clip_id}.json"
+        signatures[clip_id] = (json.loads(path.read_text()).get("content_signature") or []) if path.is_file() else []
+    return content_groups(signatures)
 
 
 def assemble(
-    clip_ids: list[str], tracks_dir: Path, gt_dir: Path, lq_dir: Path, out_root: Path, val_fraction: float
+    clip_ids: list[str], tracks_dir: Path, gt_dir: Path, lq_dir: Path, out_root: Path, val_fraction: float,
+    groups: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Write the layout under `out_root` (expected empty) and return one index row per scene."""
+    """Write the layout under `out_root` (expected empty) and return one index row per scene; `groups` (clip id ->
+    content group, `clip_groups`) keeps copies of a clip on its side."""
     for split in SPLITS:
         for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
             (out_root / split / sub).mkdir(parents=True, exist_ok=True)
-    splits = split_clips(clip_ids, val_fraction)
+    splits = split_clips(clip_ids, val_fraction, groups)
     rows = []
     for clip_id in clip_ids:
         record = load_clip_tracks(tracks_dir, clip_id)
@@ -65,7 +81,8 @@ def assemble(
             )
             write_text(root / META_DIR / f"{stem}.json", dump_record(meta))
             rows.append({
-                "split": splits[clip_id], "name": stem, "clip_id": clip_id, "kind": scene.kind,
+                "split": splits[clip_id], "name": stem, "clip_id": clip_id, "content_group": (groups or {}).get(clip_id, clip_id),
+                "kind": scene.kind,
                 "frames_count": scene.frames, "gt_frames": counts[GT_DIR], "mask_frames": counts[MASK_DIR],
                 "lq_frames": counts[LQ_DIR], "lq_mask_frames": counts[LQ_MASK_DIR],
                 "scene_h": scene.scene_shape[0], "scene_w": scene.scene_shape[1],

@@ -79,6 +79,7 @@ def _backgrounds(manifest: dict, out: Path) -> list[Path]:
 def run_unified_coco(params: Params) -> StageOutput:
     from assets import contact_sheet
     from assets.coco_sources import frames_from_region_tracks
+    from assets.restoration_dataset import clip_groups
     from assets.synthetic_faces import render_synthetic_faces
     from assets.synthetic_plates import render_synthetic_plates
     from assets.unified_coco import assemble
@@ -91,7 +92,10 @@ def run_unified_coco(params: Params) -> StageOutput:
     with atomic_dir(UNIFIED_COCO) as tmp:
         work = tmp / "_work"
         conv = _external(params)
-        conv.extend(frames_from_region_tracks(REGION_TRACKS, manifest, work / "frames", c.frames_every_n, c.max_frames_per_clip))
+        # Copies of a clip (re-encoded, cropped, edited) share one group, hence one split, as in restoration_dataset.
+        groups = clip_groups(REGION_TRACKS, [m["clip_id"] for m in manifest.get("clips", []) if m.get("status") == "ok"])
+        conv.extend(frames_from_region_tracks(REGION_TRACKS, manifest, work / "frames", c.frames_every_n, c.max_frames_per_clip,
+                                              groups))
         backgrounds = _backgrounds(manifest, work / "backgrounds")
         if backgrounds and c.synthetic_plates.count:
             plates = render_synthetic_plates(backgrounds, work / "plates", c.synthetic_plates, params.seed)

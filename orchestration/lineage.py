@@ -19,7 +19,8 @@ from assets.lada_meta import RestorationDataset
 from assets.mosaic_lq import mosaic_clip
 from assets.raw_clips import build_manifest, ok_clips
 from assets.region_tracks import load_clip_tracks, track_clip
-from assets.restoration_dataset import assemble, summarize
+from assets.content_groups import grouped
+from assets.restoration_dataset import assemble, clip_groups, summarize
 from assets.video import EncoderSettings
 from orchestration.config import Params
 from orchestration.stage_io import (
@@ -149,9 +150,11 @@ def run_restoration_dataset(params: Params) -> StageOutput:
     gt_ok, lq_ok = _ok_ids(EGGPLANT_GT / "index.json", "eggplant_gt"), _ok_ids(MOSAIC_LQ / "index.json", "mosaic_lq")
     clip_ids = [c for c in with_scenes if c in gt_ok and c in lq_ok]
     skipped = sorted(set(with_scenes) - set(clip_ids))
+    groups = clip_groups(REGION_TRACKS, clip_ids)
+    copies = grouped(groups)
     with atomic_dir(RESTORATION_DATASET) as tmp:
-        rows = assemble(clip_ids, REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp, params.dataset.val_fraction)
-        write_json(tmp / "index.json", {"scenes": rows, "skipped_clips": skipped})
+        rows = assemble(clip_ids, REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp, params.dataset.val_fraction, groups)
+        write_json(tmp / "index.json", {"scenes": rows, "skipped_clips": skipped, "content_groups": copies})
     images: dict[str, Path] = {}
     with atomic_dir(DATASET_REPORT) as tmp:
         for split in ("train", "val"):
@@ -165,7 +168,8 @@ def run_restoration_dataset(params: Params) -> StageOutput:
     summary = summarize(rows)
     write_json(DATASET_METRICS, summary)
     return StageOutput(
-        metadata={**summary, "skipped_clips": ", ".join(skipped) or "none"},
+        metadata={**summary, "skipped_clips": ", ".join(skipped) or "none",
+                  "content_groups": "; ".join(f"{g}: {', '.join(m)}" for g, m in copies.items()) or "none"},
         images=images,
         files=[RESTORATION_DATASET / "index.json", DATASET_METRICS],
         input_hash=hash_files(REGION_TRACKS / "index.json", EGGPLANT_GT / "index.json", MOSAIC_LQ / "index.json"),
