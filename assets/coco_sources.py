@@ -597,7 +597,7 @@ def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: 
     has no area left inside is not sampled. A missing/unreadable record or an undecodable video is a Problem
     for that clip; other clips go on.
 
-    group = the clip's content group (`groups`, from `assets.restoration_dataset.clip_groups`: copies of a clip share
+    group = the clip's content group (`groups`, from `assets.content_groups.clip_groups`: copies of a clip share
     one; else the clip id), source "clip_frames", origin "<record json>#frame N"; Box.extra holds the track id.
     """
     if every_n < 1:

@@ -13,6 +13,9 @@ side: the split has no memory, and keeping copies together is what matters.)
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 SAMPLES = 16
@@ -83,6 +86,16 @@ def content_groups(signatures: dict[str, list[str]], max_distance: int = MAX_DIS
                 ra, rb = root(a), root(b)
                 parent[max(ra, rb)] = min(ra, rb)
     return {c: root(c) for c in clips}
+
+
+def clip_groups(tracks_dir: Path, clip_ids: list[str]) -> dict[str, str]:
+    """clip id -> content group, from the signatures region_tracks kept in `<tracks_dir>/<clip>.json` (a clip
+    without a record, or a record from before signatures, is its own group)."""
+    signatures = {}
+    for clip_id in clip_ids:
+        path = Path(tracks_dir) / f"{clip_id}.json"
+        signatures[clip_id] = (json.loads(path.read_text()).get("content_signature") or []) if path.is_file() else []
+    return content_groups(signatures)
 
 
 def grouped(groups: dict[str, str]) -> dict[str, list[str]]:

@@ -61,7 +61,7 @@ class ClipResult:
     frames: int = 0
 
 
-def _box(mask: np.ndarray) -> list[int] | None:
+def mask_box(mask: np.ndarray) -> list[int] | None:
     x, y, w, h = cv2.boundingRect(mask)
     return [int(x), int(y), int(w), int(h)] if w > 0 and h > 0 else None
 
@@ -73,13 +73,13 @@ def lineage_mosaic(frame: np.ndarray, scenes, index: int, specs: dict, mask_shap
     for scene in scenes:
         mask = full_frame_mask(scene, index - scene.start, shape, mask_shape)
         out, lq_mask = apply_mosaic(out, mask, specs[scene.id])
-        box = _box(lq_mask)
+        box = mask_box(lq_mask)
         if box:
             boxes.append(box)
     return out, boxes
 
 
-def _overlaps(a: list[int], b: list[int]) -> bool:
+def overlaps(a: list[int], b: list[int]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
@@ -106,8 +106,8 @@ def pasted_mosaics(frame: np.ndarray, rng: np.random.Generator, mosaic, data,
             cv2.ellipse(mask, (x0 + bw // 2, y0 + bh // 2), (bw // 2, bh // 2), 0, 0, 360, 255, -1)
         spec = sample_spec(rng, block_size_v1(float((mask > 0).sum()), (h, w)), mosaic)
         candidate, lq_mask = apply_mosaic(out, mask, spec)
-        box = _box(lq_mask)
-        if box is None or any(_overlaps(box, b) for b in boxes):
+        box = mask_box(lq_mask)
+        if box is None or any(overlaps(box, b) for b in boxes):
             continue
         inside = lq_mask > 0
         if np.abs(candidate[inside].astype(np.int16) - out[inside].astype(np.int16)).mean() < data.min_visible_change:

@@ -34,23 +34,12 @@ def split_clips(clip_ids: list[str], val_fraction: float, groups: dict[str, str]
     return {c: side[group_of[c]] for c in clip_ids}
 
 
-def clip_groups(tracks_dir: Path, clip_ids: list[str]) -> dict[str, str]:
-    """clip id -> content group, from the perceptual hashes region_tracks kept for each clip."""
-    from assets.content_groups import content_groups
-
-    signatures = {}
-    for clip_id in clip_ids:
-        path = tracks_dir / f"{clip_id}.json"
-        signatures[clip_id] = (json.loads(path.read_text()).get("content_signature") or []) if path.is_file() else []
-    return content_groups(signatures)
-
-
 def assemble(
     clip_ids: list[str], tracks_dir: Path, gt_dir: Path, lq_dir: Path, out_root: Path, val_fraction: float,
     groups: dict[str, str] | None = None,
 ) -> list[dict]:
     """Write the layout under `out_root` (expected empty) and return one index row per scene; `groups` (clip id ->
-    content group, `clip_groups`) keeps copies of a clip on its side."""
+    content group, `assets.content_groups.clip_groups`) keeps copies of a clip on its side."""
     for split in SPLITS:
         for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
             (out_root / split / sub).mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def _backgrounds(manifest: dict, out: Path) -> list[Path]:
 def run_unified_coco(params: Params) -> StageOutput:
     from assets import contact_sheet
     from assets.coco_sources import frames_from_region_tracks
-    from assets.restoration_dataset import clip_groups
+    from assets.content_groups import clip_groups
     from assets.synthetic_faces import render_synthetic_faces
     from assets.synthetic_plates import render_synthetic_plates
     from assets.unified_coco import assemble

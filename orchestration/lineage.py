@@ -14,13 +14,13 @@ from pathlib import Path
 from assets import contact_sheet
 from assets.atomic import atomic_dir, write_json
 from assets.batch import map_clips
+from assets.content_groups import clip_groups, grouped
 from assets.eggplant_gt import composite_clip
 from assets.lada_meta import RestorationDataset
 from assets.mosaic_lq import mosaic_clip
 from assets.raw_clips import build_manifest, ok_clips
 from assets.region_tracks import load_clip_tracks, track_clip
-from assets.content_groups import grouped
-from assets.restoration_dataset import assemble, clip_groups, summarize
+from assets.restoration_dataset import assemble, summarize
 from assets.video import EncoderSettings
 from orchestration.config import Params
 from orchestration.stage_io import (

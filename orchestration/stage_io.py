@@ -75,7 +75,11 @@ def write_timings(name: str, timings: dict, history: list[dict] | None = None, s
     window, its step and timings."""
     from assets.atomic import write_json
 
-    windows = [{step: r.get(step), **split_timings(r)[1]} for r in history or [] if split_timings(r)[1]]
+    windows = []
+    for record in history or []:
+        timed = split_timings(record)[1]
+        if timed:
+            windows.append({step: record.get(step), **timed})
     dest = TIMINGS / f"{name}.json"
     write_json(dest, {**timings, "windows": windows})
     return dest

@@ -105,6 +105,8 @@ def _composite_face(canvas: np.ndarray, portrait: dict, recipe: BaseRecipe, rng:
     """Paste the face (with some context, elliptic soft alpha) of `portrait` somewhere free; its face box [x, y, w, h]."""
     from PIL import Image
 
+    from assets.mosaic_coco import overlaps
+
     image = np.asarray(Image.open(portrait["path"]).convert("RGB"))
     x0, y0, x1, y1 = portrait["face_box"]
     fw, fh = x1 - x0, y1 - y0
@@ -124,8 +126,7 @@ def _composite_face(canvas: np.ndarray, portrait: dict, recipe: BaseRecipe, rng:
     for _ in range(10):
         x, y = int(rng.integers(0, W - size[0])), int(rng.integers(0, H - size[1]))
         box = [int(x + (x0 - px0) * scale), int(y + (y0 - py0) * scale), int(fw * scale), int(fh * scale)]
-        if any(box[0] < b[0] + b[2] and b[0] < box[0] + box[2] and box[1] < b[1] + b[3] and b[1] < box[1] + box[3]
-               for b in taken):
+        if any(overlaps(box, b) for b in taken):
             continue
         region = canvas[y:y + size[1], x:x + size[0]].astype(np.float32)
         canvas[y:y + size[1], x:x + size[0]] = (alpha * patch + (1 - alpha) * region).round().astype(np.uint8)
@@ -135,7 +136,7 @@ def _composite_face(canvas: np.ndarray, portrait: dict, recipe: BaseRecipe, rng:
 
 def _mosaic_face(canvas: np.ndarray, box: list[int], recipe: BaseRecipe, rng: np.random.Generator) -> tuple[np.ndarray, list[int] | None]:
     from assets.mosaic import apply_mosaic, block_size_v1, sample_spec
-    from assets.mosaic_coco import _box
+    from assets.mosaic_coco import mask_box
 
     x, y, w, h = box
     mask = np.zeros(canvas.shape[:2], np.uint8)
@@ -143,7 +144,7 @@ def _mosaic_face(canvas: np.ndarray, box: list[int], recipe: BaseRecipe, rng: np
     cv2.ellipse(mask, (x + w // 2, y + h // 2), (int(w * grow / 2), int(h * grow / 2)), 0, 0, 360, 255, -1)
     spec = sample_spec(rng, block_size_v1(float((mask > 0).sum()), canvas.shape[:2]), recipe.mosaic)
     out, lq_mask = apply_mosaic(canvas, mask, spec)
-    return out, _box(lq_mask)
+    return out, mask_box(lq_mask)
 
 
 def synthetic_image(pictures: list[np.ndarray], portraits: list[dict], recipe: BaseRecipe,
@@ -166,7 +167,7 @@ def synthetic_image(pictures: list[np.ndarray], portraits: list[dict], recipe: B
             if mosaic_box is not None:
                 boxes.append(mosaic_box)
     # Pasted mosaics keep off every face, pixelated or clean: a clean face under a box would be a wrong label.
-    out, boxes_all = pasted_mosaics(canvas, rng, recipe.mosaic, recipe.paste, taken=boxes + [f for f in faces])
+    out, boxes_all = pasted_mosaics(canvas, rng, recipe.mosaic, recipe.paste, taken=boxes + faces)
     pasted = boxes_all[len(boxes) + len(faces):]
     if not boxes and not pasted:  # nothing drawn: one mosaic at least, so the image is not an unlabelled clean one
         out, boxes_all = pasted_mosaics(canvas, rng, recipe.mosaic, PasteLook(pasted_per_frame=(1, 1)), taken=faces)
