@@ -6,6 +6,7 @@ Figures are ratios measured in one interleaved run, because these machines are s
     .venv/bin/python bench/basicvsrpp.py                    # embedded size on CPU (16 ch, 2 blocks, 128 px, 8 frames)
     .venv/bin/python bench/basicvsrpp.py --full --size 256  # Lada's size (64 ch, 15 blocks) on CPU: slow
     .venv/bin/python bench/basicvsrpp.py --full --device cuda --frames 12 --amp   # GPU box
+    .venv/bin/python bench/basicvsrpp.py --widths 16,32,64 --frames 4   # frozen Stage-1 step cost by mid_channels
 """
 
 from __future__ import annotations
@@ -53,6 +54,27 @@ def step_timer(model, frozen: bool, x, y, device, amp: bool):
     return step
 
 
+def width_costs(widths: list[int], blocks: int, size: int, frames: int, repeats: int, device, amp: bool) -> dict:
+    """Frozen Stage-1 step time per `mid_channels`, interleaved, and each as a ratio of the first width's: what a
+    wider embedded model would cost (README, "The restorer")."""
+    torch.manual_seed(0)
+    x = torch.rand(1, frames, 3, size, size, device=device)
+    y = torch.rand_like(x)
+    steps = {}
+    for mid in widths:
+        model = BasicVSRPlusPlusNet(mid, blocks).to(device).train()
+        steps[mid] = step_timer(model, True, x, y, device, amp)
+        steps[mid]()  # warm-up
+    times = {mid: [] for mid in widths}
+    for _ in range(repeats):
+        for mid in widths:
+            times[mid].append(steps[mid]())
+    median = {mid: statistics.median(t) for mid, t in times.items()}
+    return {"train_input": f"1x{frames}x3x{size}x{size}", "num_blocks": blocks,
+            "stage1_step_s_frozen": {str(m): round(v, 4) for m, v in median.items()},
+            f"ratio_to_{widths[0]}_channels": {str(m): round(v / median[widths[0]], 2) for m, v in median.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="Lada's size: mid_channels 64, num_blocks 15")
@@ -63,11 +85,16 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA only)")
     ap.add_argument("--infer-size", type=int, default=256)
     ap.add_argument("--infer-frames", type=int, default=12)
+    ap.add_argument("--widths", default=None, help="comma-separated mid_channels: compare their frozen Stage-1 steps only")
     args = ap.parse_args()
     device = torch.device(args.device)
     amp = args.amp and device.type == "cuda"
     mid, blocks = (64, 15) if args.full else (16, 2)
     size = args.size or (256 if args.full else 128)
+    if args.widths:
+        widths = [int(w) for w in args.widths.split(",")]
+        print(json.dumps(width_costs(widths, blocks, size, args.frames, args.repeats, device, amp), indent=2))
+        return
     torch.manual_seed(0)
     model = BasicVSRPlusPlusNet(mid, blocks).to(device).train()
     x = torch.rand(1, args.frames, 3, size, size, device=device)
