@@ -6,6 +6,7 @@ import multiprocessing
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
@@ -58,3 +59,36 @@ def map_clips(fn: Callable, jobs: Iterable[tuple[str, tuple]], workers: int = 1,
     finally:
         bar.close()
     return outcomes
+
+
+@dataclass(frozen=True)
+class CachedJob:
+    clip_id: str
+    key: str  # the clip's entry key in the stage's ClipCache
+    args: tuple
+    # What the work writes, relative to `out_root`: files or folders, or a function of the work's result giving them.
+    outputs: tuple[str, ...] | Callable[[Any], list[str]]
+
+
+def map_clips_cached(fn: Callable, jobs: Iterable[CachedJob], cache, out_root: Path, workers: int = 1,
+                     desc: str = "clips") -> tuple[list[ClipOutcome], dict[str, int]]:
+    """`map_clips` that takes each clip from `cache` (an `assets.clip_cache.ClipCache`) when its key is there and
+    computes only the others, storing what they wrote; returns the outcomes in job order and how many clips were
+    reused and computed. A failed clip is not stored: the next run tries it again."""
+    jobs = list(jobs)
+    cache.sweep()
+    outcomes: dict[str, ClipOutcome] = {}
+    todo = []
+    for job in jobs:
+        result = cache.fetch(job.key, out_root)
+        if result is None:
+            todo.append(job)
+        else:
+            outcomes[job.clip_id] = ClipOutcome(job.clip_id, True, result)
+    computed = map_clips(fn, [(j.clip_id, j.args) for j in todo], workers, f"{desc} ({len(jobs) - len(todo)} reused)")
+    for job, outcome in zip(todo, computed):
+        if outcome.ok:
+            outputs = job.outputs(outcome.result) if callable(job.outputs) else list(job.outputs)
+            cache.store(job.key, out_root, outputs, outcome.result, job.clip_id)
+        outcomes[job.clip_id] = outcome
+    return [outcomes[j.clip_id] for j in jobs], {"clips_reused": len(jobs) - len(todo), "clips_computed": len(todo)}

@@ -580,7 +580,7 @@ def _frame_boxes(record: dict) -> tuple[dict[int, list[tuple[str, float, float, 
 
 
 def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: Path, every_n: int, max_per_clip: int,
-                              groups: dict[str, str] | None = None) -> Conversion:
+                              groups: dict[str, str] | None = None, cache=None) -> Conversion:
     """Sample frames of the `region_tracks` clips, with the detector's boxes, as PNG images.
 
     `data/interim/region_tracks/<clip>.json` holds, per track, one box per frame from `start` as the detector saw
@@ -599,6 +599,9 @@ def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: 
 
     group = the clip's content group (`groups`, from `assets.content_groups.clip_groups`: copies of a clip share
     one; else the clip id), source "clip_frames", origin "<record json>#frame N"; Box.extra holds the track id.
+
+    `cache` (an `assets.clip_cache.ClipCache`): a clip's decoded frames are taken from it when the same frames of
+    the same video (content hash in the manifest) were written before, and stored there otherwise.
     """
     if every_n < 1:
         raise ValueError(f"frames_from_region_tracks: every_n must be >= 1, got {every_n}")
@@ -642,6 +645,14 @@ def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: 
             continue
         video = Path(clip.get("path") or record["path"])
         wanted = set(chosen)
+        key = cache.key([clip.get("sha256"), clip_id, chosen]) if cache is not None else None
+        sizes = cache.fetch(key, out_dir) if key else None
+        if sizes is not None:
+            for index in chosen:
+                w, h = sizes[str(index)]
+                out.images.append(ImageRecord(out_dir / f"{clip_id}_{index:06d}.png", w, h, frame_boxes[index], "clip_frames",
+                                              (groups or {}).get(clip_id, clip_id), f"{record_path}#frame {index}"))
+            continue
         written: set[int] = set()
         try:
             for index, frame in enumerate(read_frames(video, chosen[0], chosen[-1] + 1), start=chosen[0]):
@@ -661,4 +672,8 @@ def frames_from_region_tracks(region_tracks_dir: Path, manifest: dict, out_dir: 
             missing = sorted(wanted - written)
             out.problems.append(Problem(str(video), f"frame {missing[0]}",
                                         f"video ended before {len(missing)} sampled frame(s) of its region_tracks record"))
+        elif key:
+            made = {r.path.name: r for r in out.images[-len(chosen):]}
+            cache.store(key, out_dir, sorted(made), {str(i): [made[f"{clip_id}_{i:06d}.png"].width,
+                                                             made[f"{clip_id}_{i:06d}.png"].height] for i in chosen}, clip_id)
     return out

@@ -144,9 +144,13 @@ class CombinedDetector:
 TrainedLoader = Callable[[str | Path, float, tuple[str, ...]], Detector]
 
 
+def sidecar_path(clip: Path, params) -> Path:
+    return clip.with_name(clip.name + params.sidecar_suffix)
+
+
 def build_detector(clip: Path, params, trained: TrainedLoader | None = None) -> CombinedDetector:
     """Sidecar annotations win when present; otherwise the configured face and plate detectors."""
-    sidecar = clip.with_name(clip.name + params.sidecar_suffix)
+    sidecar = sidecar_path(clip, params)
     if sidecar.is_file():
         return CombinedDetector([SidecarCoco(sidecar)])
     detectors: list[Detector] = []

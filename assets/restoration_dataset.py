@@ -34,49 +34,69 @@ def split_clips(clip_ids: list[str], val_fraction: float, groups: dict[str, str]
     return {c: side[group_of[c]] for c in clip_ids}
 
 
+def make_layout(out_root: Path) -> None:
+    for split in SPLITS:
+        for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
+            (out_root / split / sub).mkdir(parents=True, exist_ok=True)
+
+
+def clip_files(rows: list[dict]) -> list[str]:
+    """The files `assemble_clip` wrote for these rows, relative to the dataset root."""
+    out = []
+    for row in rows:
+        base = f"{row['split']}/{{}}/{row['name']}"
+        out += [base.format(META_DIR) + ".json", base.format(GT_DIR) + ".mp4", base.format(MASK_DIR) + ".mkv",
+                base.format(LQ_DIR) + ".mp4", base.format(LQ_MASK_DIR) + ".mkv"]
+    return out
+
+
+def assemble_clip(clip_id: str, split: str, group: str, tracks_dir: Path, gt_dir: Path, lq_dir: Path, out_root: Path) -> list[dict]:
+    """One clip's scenes into the layout under `out_root/split` (made by `make_layout`); one index row per scene."""
+    record = load_clip_tracks(tracks_dir, clip_id)
+    mosaic_params = json.loads((lq_dir / clip_id / "mosaic_params.json").read_text())
+    root = out_root / split
+    rows = []
+    for scene in record["scenes"]:
+        stem = scene_name(clip_id, scene.id)
+        sources = {
+            GT_DIR: gt_dir / clip_id / f"{stem}.mp4",
+            MASK_DIR: tracks_dir / "masks" / clip_id / f"{stem}.mkv",
+            LQ_DIR: lq_dir / clip_id / f"{stem}.mp4",
+            LQ_MASK_DIR: lq_dir / clip_id / f"{stem}-mask.mkv",
+        }
+        counts = {}
+        for sub, src in sources.items():
+            shutil.copyfile(src, root / sub / f"{stem}{src.suffix}")
+            counts[sub] = probe_video(src).frames
+        params = mosaic_params[stem]
+        meta = meta_record(
+            name=clip_id, fps=record["fps"], frames_count=scene.frames,
+            orig_shape=(record["height"], record["width"]), scene_shape=scene.scene_shape,
+            block_sizes=params["base_mosaic_block_size"], pads=scene.pads, file_stem=stem, mosaic=params["mosaic"],
+        )
+        write_text(root / META_DIR / f"{stem}.json", dump_record(meta))
+        rows.append({
+            "split": split, "name": stem, "clip_id": clip_id, "content_group": group,
+            "kind": scene.kind,
+            "frames_count": scene.frames, "gt_frames": counts[GT_DIR], "mask_frames": counts[MASK_DIR],
+            "lq_frames": counts[LQ_DIR], "lq_mask_frames": counts[LQ_MASK_DIR],
+            "scene_h": scene.scene_shape[0], "scene_w": scene.scene_shape[1],
+            "mosaic_mode": params["mosaic"]["mod"], "mosaic_size": params["mosaic"]["mosaic_size"],
+        })
+    return rows
+
+
 def assemble(
     clip_ids: list[str], tracks_dir: Path, gt_dir: Path, lq_dir: Path, out_root: Path, val_fraction: float,
     groups: dict[str, str] | None = None,
 ) -> list[dict]:
     """Write the layout under `out_root` (expected empty) and return one index row per scene; `groups` (clip id ->
     content group, `assets.content_groups.clip_groups`) keeps copies of a clip on its side."""
-    for split in SPLITS:
-        for sub in (META_DIR, GT_DIR, MASK_DIR, LQ_DIR, LQ_MASK_DIR):
-            (out_root / split / sub).mkdir(parents=True, exist_ok=True)
+    make_layout(out_root)
     splits = split_clips(clip_ids, val_fraction, groups)
     rows = []
     for clip_id in clip_ids:
-        record = load_clip_tracks(tracks_dir, clip_id)
-        mosaic_params = json.loads((lq_dir / clip_id / "mosaic_params.json").read_text())
-        root = out_root / splits[clip_id]
-        for scene in record["scenes"]:
-            stem = scene_name(clip_id, scene.id)
-            sources = {
-                GT_DIR: gt_dir / clip_id / f"{stem}.mp4",
-                MASK_DIR: tracks_dir / "masks" / clip_id / f"{stem}.mkv",
-                LQ_DIR: lq_dir / clip_id / f"{stem}.mp4",
-                LQ_MASK_DIR: lq_dir / clip_id / f"{stem}-mask.mkv",
-            }
-            counts = {}
-            for sub, src in sources.items():
-                ext = src.suffix
-                shutil.copyfile(src, root / sub / f"{stem}{ext}")
-                counts[sub] = probe_video(src).frames
-            params = mosaic_params[stem]
-            meta = meta_record(
-                name=clip_id, fps=record["fps"], frames_count=scene.frames,
-                orig_shape=(record["height"], record["width"]), scene_shape=scene.scene_shape,
-                block_sizes=params["base_mosaic_block_size"], pads=scene.pads, file_stem=stem, mosaic=params["mosaic"],
-            )
-            write_text(root / META_DIR / f"{stem}.json", dump_record(meta))
-            rows.append({
-                "split": splits[clip_id], "name": stem, "clip_id": clip_id, "content_group": (groups or {}).get(clip_id, clip_id),
-                "kind": scene.kind,
-                "frames_count": scene.frames, "gt_frames": counts[GT_DIR], "mask_frames": counts[MASK_DIR],
-                "lq_frames": counts[LQ_DIR], "lq_mask_frames": counts[LQ_MASK_DIR],
-                "scene_h": scene.scene_shape[0], "scene_w": scene.scene_shape[1],
-                "mosaic_mode": params["mosaic"]["mod"], "mosaic_size": params["mosaic"]["mosaic_size"],
-            })
+        rows += assemble_clip(clip_id, splits[clip_id], (groups or {}).get(clip_id, clip_id), tracks_dir, gt_dir, lq_dir, out_root)
     return rows
 
 

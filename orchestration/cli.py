@@ -49,8 +49,9 @@ def _known_errors():
     from training.checkpoints import CheckpointError
     from training.data import DatasetTooShortError
     from training.anonymizer.generator import GeneratorConfigError
+    from orchestration.project_lock import ProjectLockedError
 
-    return (StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError, CheckpointError,
+    return (ProjectLockedError, StageInputError, RawFolderError, WeightsError, SpriteError, DatasetFormatError, CheckpointError,
             DatasetTooShortError, RegistryUnreachableError, GeneratorConfigError)
 
 
@@ -103,6 +104,47 @@ def lineage_cmd(params: ParamsOpt = Path("params.yaml")) -> None:
         cmd = [sys.executable, "-m", "orchestration.cli", "stage", st.name, "--params", str(params)]
         if subprocess.run(cmd).returncode != 0:
             _fail(f"stage {st.name} failed")
+
+
+@app.command("lock")
+def lock_cmd(
+    break_: Annotated[bool, typer.Option("--break", help="remove the lock record whoever holds it (a holder on "
+                                         "another host sharing data/, or after a machine was lost)")] = False,
+) -> None:
+    """Who holds the project lock that every stage run takes (Dagster, dvc repro, aubergine stage)."""
+    from orchestration import project_lock
+
+    if break_:
+        record = project_lock.break_lock()
+        typer.echo(f"removed: {project_lock.describe(record)}" if record else "no lock record")
+        return
+    record, held = project_lock.status()
+    if record is None:
+        typer.echo("free: no run holds the project lock")
+    else:
+        typer.echo(("held by " if held else "free (stale record of a finished run): ") + project_lock.describe(record))
+
+
+@app.command("cache")
+def cache_cmd(
+    prune: Annotated[bool, typer.Option("--prune", help="remove least recently used entries down to cache.max_gb")] = False,
+    max_gb: Annotated[Optional[float], typer.Option(help="with --prune: this size instead of cache.max_gb")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove every entry (the next run recomputes every clip)")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """The per-clip store (data/cache/clips) that lets a run compute only new or changed clips: size per stage,
+    and eviction. Removing entries never changes an output, only what the next run recomputes."""
+    from assets import clip_cache
+
+    if clear or prune:
+        limit = 0 if clear else int((max_gb if max_gb is not None else _load(params).cache.max_gb) * 2**30)
+        removed, freed = clip_cache.prune(limit)
+        typer.echo(f"removed {removed} entries ({freed / 2**20:.1f} MiB)")
+    rows = clip_cache.usage()
+    for stage, row in sorted(rows.items()):
+        typer.echo(f"{stage:22s} {row['entries']:6d} entries {row['bytes'] / 2**20:10.1f} MiB")
+    typer.echo(f"{'total':22s} {sum(r['entries'] for r in rows.values()):6d} entries "
+               f"{sum(r['bytes'] for r in rows.values()) / 2**20:10.1f} MiB  ({clip_cache.CACHE_ROOT})")
 
 
 @app.command("dvc-yaml")

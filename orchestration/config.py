@@ -650,6 +650,21 @@ class RetrainingParams(_Strict):
         return value
 
 
+class LockParams(_Strict):
+    """The project lock every stage run takes, whichever engine starts it (orchestration/project_lock.py). No
+    stage reads this section, so changing it re-runs nothing."""
+
+    timeout_s: Annotated[float, Field(ge=0)] = 3600.0  # wait this long for another run, then stop naming it
+    poll_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+class CacheParams(_Strict):
+    """The per-clip store (assets/clip_cache.py) that lets a run compute only the clips whose inputs changed; no
+    stage's output depends on it, so changing it re-runs nothing."""
+
+    max_gb: Annotated[float, Field(ge=0)] = 20.0  # least recently used entries go once the store is larger
+
+
 class Params(_Strict):
     profile: str = "embedded"
     seed: int = 1234
@@ -669,6 +684,8 @@ class Params(_Strict):
     mlflow: TrackingServerParams = TrackingServerParams()
     promotion: PromotionParams = PromotionParams()
     retraining: RetrainingParams = RetrainingParams()
+    lock: LockParams = LockParams()
+    cache: CacheParams = CacheParams()
 
 
 def _deep_merge(base: dict, overlay: dict, prefix: str = "") -> dict:

@@ -51,8 +51,9 @@ def _external(params: Params) -> Conversion:
     return conv
 
 
-def _backgrounds(manifest: dict, out: Path) -> list[Path]:
-    """Frames no track covers, from every usable clip: synthetic plates go on scenes without unlabelled regions."""
+def _backgrounds(manifest: dict, out: Path, cache) -> list[Path]:
+    """Frames no track covers, from every usable clip: synthetic plates go on scenes without unlabelled regions;
+    a clip's frames come from `cache` when the same frames of the same video were written before."""
     from assets.atomic import atomic_path
     from assets.unified_coco import clean_background_frames
     from assets.video import read_frames
@@ -65,14 +66,20 @@ def _backgrounds(manifest: dict, out: Path) -> list[Path]:
         if not record_path.is_file():
             continue
         wanted = set(clean_background_frames(json.loads(record_path.read_text()), BACKGROUNDS_PER_CLIP))
-        for index, frame in enumerate(read_frames(clip["path"], stop=clip["frames"])):
-            if index in wanted:
-                dest = out / f"{clip['clip_id']}_{index:06d}.png"
-                with atomic_path(dest) as tmp:
-                    Image.fromarray(frame).save(tmp, format="PNG")
-                paths.append(dest)
-            if index >= max(wanted, default=-1):
-                break
+        key = cache.key(["backgrounds", clip["sha256"], clip["clip_id"], sorted(wanted)])
+        names = cache.fetch(key, out)
+        if names is None:
+            names = []
+            for index, frame in enumerate(read_frames(clip["path"], stop=clip["frames"])):
+                if index in wanted:
+                    name = f"{clip['clip_id']}_{index:06d}.png"
+                    with atomic_path(out / name) as tmp:
+                        Image.fromarray(frame).save(tmp, format="PNG")
+                    names.append(name)
+                if index >= max(wanted, default=-1):
+                    break
+            cache.store(key, out, names, names, clip["clip_id"])
+        paths += [out / name for name in names]
     return paths
 
 
@@ -80,6 +87,7 @@ def run_unified_coco(params: Params) -> StageOutput:
     from assets import contact_sheet
     from assets.coco_sources import frames_from_region_tracks
     from assets.content_groups import clip_groups
+    from orchestration.stage_io import stage_cache
     from assets.synthetic_faces import render_synthetic_faces
     from assets.synthetic_plates import render_synthetic_plates
     from assets.unified_coco import assemble
@@ -94,9 +102,12 @@ def run_unified_coco(params: Params) -> StageOutput:
         conv = _external(params)
         # Copies of a clip (re-encoded, cropped, edited) share one group, hence one split, as in restoration_dataset.
         groups = clip_groups(REGION_TRACKS, [m["clip_id"] for m in manifest.get("clips", []) if m.get("status") == "ok"])
+        # Decoding the clips' frames is the per-clip part of this stage: it is done once per clip and frame choice.
+        cache = stage_cache("unified_coco", run_unified_coco)
+        cache.sweep()
         conv.extend(frames_from_region_tracks(REGION_TRACKS, manifest, work / "frames", c.frames_every_n, c.max_frames_per_clip,
-                                              groups))
-        backgrounds = _backgrounds(manifest, work / "backgrounds")
+                                              groups, cache))
+        backgrounds = _backgrounds(manifest, work / "backgrounds", cache)
         if backgrounds and c.synthetic_plates.count:
             plates = render_synthetic_plates(backgrounds, work / "plates", c.synthetic_plates, params.seed)
             for record in plates.images:  # one group per source clip, not per frame: a scene never straddles the split

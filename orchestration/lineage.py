@@ -2,8 +2,10 @@
 
 Each body builds its whole output folder under a temporary name and swaps it in at the end
 (`atomic_dir`), so a killed materialization leaves the previous, complete output in place and no later
-stage ever reads a half-written file. Per-clip work goes through `map_clips`: a failing clip is recorded
-in the stage's `index.json` and the others go on.
+stage ever reads a half-written file. Per-clip work goes through `map_clips_cached`: a failing clip is
+recorded in the stage's `index.json` and the others go on, and a clip whose inputs, knobs and code are those
+of an earlier run (of either engine) is taken from the per-clip store (`assets.clip_cache`) instead of being
+recomputed, so a run over a growing library costs the new clips, not the library.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ from pathlib import Path
 
 from assets import contact_sheet
 from assets.atomic import atomic_dir, write_json
-from assets.batch import map_clips
+from assets.batch import CachedJob, map_clips_cached
+from assets.clip_cache import file_digest, prune
 from assets.content_groups import clip_groups, grouped
+from assets.detect import sidecar_path
 from assets.eggplant_gt import composite_clip
 from assets.lada_meta import RestorationDataset
 from assets.mosaic_lq import mosaic_clip
 from assets.raw_clips import build_manifest, ok_clips
 from assets.region_tracks import load_clip_tracks, track_clip
-from assets.restoration_dataset import assemble, summarize
+from assets.restoration_dataset import assemble_clip, clip_files, make_layout, split_clips, summarize
 from assets.video import EncoderSettings
 from orchestration.config import Params
 from orchestration.stage_io import (
     DATASET_METRICS, DATASET_REPORT, EGGPLANT_GT, MOSAIC_LQ, RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError,
-    StageOutput, hash_files, read_json,
+    StageOutput, hash_files, read_json, stage_cache,
 )
 
 def encoder(params: Params) -> EncoderSettings:
@@ -33,11 +37,27 @@ def encoder(params: Params) -> EncoderSettings:
     return EncoderSettings(codec=d.codec, crf=d.crf, preset=d.preset, threads=d.encoder_threads)
 
 
-def _index(outcomes, extra: dict | None = None) -> dict:
+def _raw_sha(manifest: dict) -> dict[str, str]:
+    return {c["clip_id"]: c["sha256"] for c in manifest["clips"]}
+
+
+def _record_digest(clip_id: str) -> str:
+    return file_digest(REGION_TRACKS / f"{clip_id}.json")
+
+
+def _keep_cache_within(params: Params) -> None:
+    prune(int(params.cache.max_gb * 2**30))
+
+
+def _index(outcomes, extra: dict | None = None, keys: dict[str, str] | None = None) -> dict:
+    """`keys`: each clip's cache key, kept in its entry so that the stages below key their own work on it (same
+    key, same bytes)."""
     clips = []
     for o in outcomes:
         entry = {"clip_id": o.clip_id, "status": "ok" if o.ok else "failed", "error": o.error}
         entry.update(o.result or {})
+        if keys and o.ok:
+            entry["cache_key"] = keys[o.clip_id]
         clips.append(entry)
     return {"clips": clips, **(extra or {})}
 
@@ -72,16 +92,22 @@ def run_region_tracks(params: Params) -> StageOutput:
     manifest = read_json(RAW_CLIPS / "manifest.json", "raw_clips")
     clips = ok_clips(manifest)
     trained = None
-    if "detector" in (params.detection.faces, params.detection.plates):
+    d = params.detection
+    uses_detector = "detector" in (d.faces, d.plates)
+    if uses_detector:
         from training.detector import trained_regions as trained
+    cache = stage_cache("region_tracks", run_region_tracks, d, params.tracking, file_digest(d.yunet_model) if d.faces == "yunet" else "-",
+                        file_digest(d.detector_model) if uses_detector else "-")
     with atomic_dir(REGION_TRACKS) as tmp:
-        outcomes = map_clips(
-            track_clip, [(c["clip_id"], (c, tmp, params.detection, params.tracking, trained)) for c in clips],
-            params.data.workers, "region_tracks",
-        )
-        index = _index(outcomes)
+        # A clip's inputs: its manifest entry (content hash, path, probe) and a sidecar of boxes beside it.
+        jobs = [CachedJob(c["clip_id"], cache.key([c, file_digest(sidecar_path(Path(c["path"]), d))]),
+                          (c, tmp, d, params.tracking, trained), (f"{c['clip_id']}.json", f"masks/{c['clip_id']}"))
+                for c in clips]
+        outcomes, reuse = map_clips_cached(track_clip, jobs, cache, tmp, params.data.workers, "region_tracks")
+        index = _index(outcomes, keys={j.clip_id: j.key for j in jobs})
         write_json(tmp / "index.json", index)
         failures = _failures(index)  # raises inside the block: a batch where every clip failed is not swapped in
+    _keep_cache_within(params)
     ok = [c for c in index["clips"] if c["status"] == "ok"]
     return StageOutput(
         metadata={
@@ -90,6 +116,7 @@ def run_region_tracks(params: Params) -> StageOutput:
             "tracks": sum(c["tracks"] for c in ok),
             "scenes": sum(c["scenes"] for c in ok),
             "scene_frames": sum(c["scene_frames"] for c in ok),
+            **reuse,
             **failures,
         },
         files=[REGION_TRACKS / "index.json"],
@@ -102,35 +129,47 @@ def _clips_with_scenes() -> list[str]:
     return [c["clip_id"] for c in index["clips"] if c["status"] == "ok" and c["scenes"] > 0]
 
 
-def _render_stage(params: Params, out: Path, fn, section, label: str) -> StageOutput:
+def _render_stage(params: Params, out: Path, fn, section, label: str, body, *config) -> StageOutput:
     clip_ids = _clips_with_scenes()
     mask_shape = params.tracking.mask_shape
+    raw_sha = _raw_sha(read_json(RAW_CLIPS / "manifest.json", "raw_clips"))
+    cache = stage_cache(label, body, section, encoder(params), mask_shape, params.seed, *config)
     with atomic_dir(out) as tmp:
+        # A clip's inputs: its region_tracks record and the raw clip the record's frames come from.
         jobs = [
-            (cid, (load_clip_tracks(REGION_TRACKS, cid), tmp, section, encoder(params), mask_shape, params.seed))
+            CachedJob(cid, cache.key([cid, _record_digest(cid), raw_sha.get(cid)]),
+                      (load_clip_tracks(REGION_TRACKS, cid), tmp, section, encoder(params), mask_shape, params.seed), (cid,))
             for cid in clip_ids
         ]
-        index = _index(map_clips(fn, jobs, params.data.workers, label))
+        outcomes, reuse = map_clips_cached(fn, jobs, cache, tmp, params.data.workers, label)
+        index = _index(outcomes, keys={j.clip_id: j.key for j in jobs})
         write_json(tmp / "index.json", index)
         failures = _failures(index)
+    _keep_cache_within(params)
     ok = [c for c in index["clips"] if c["status"] == "ok"]
     return StageOutput(
-        metadata={"clips": len(ok), "scenes": sum(c["scenes"] for c in ok), "frames": sum(c["frames"] for c in ok), **failures},
+        metadata={"clips": len(ok), "scenes": sum(c["scenes"] for c in ok), "frames": sum(c["frames"] for c in ok),
+                  **reuse, **failures},
         files=[out / "index.json"],
         input_hash=hash_files(REGION_TRACKS / "index.json"),
     )
 
 
 def run_eggplant_gt(params: Params) -> StageOutput:
-    return _render_stage(params, EGGPLANT_GT, composite_clip, params.eggplant, "eggplant_gt")
+    e = params.eggplant
+    sprites = file_digest(e.emoji_png) if e.sprites == "emoji" else file_digest(e.sprites)
+    return _render_stage(params, EGGPLANT_GT, composite_clip, e, "eggplant_gt", run_eggplant_gt, sprites)
 
 
 def run_mosaic_lq(params: Params) -> StageOutput:
-    return _render_stage(params, MOSAIC_LQ, mosaic_clip, params.mosaic, "mosaic_lq")
+    return _render_stage(params, MOSAIC_LQ, mosaic_clip, params.mosaic, "mosaic_lq", run_mosaic_lq)
 
 
-def _ok_ids(path: Path, stage: str) -> set[str]:
-    return {c["clip_id"] for c in read_json(path, stage)["clips"] if c["status"] == "ok"}
+def _ok_keys(path: Path, stage: str) -> dict[str, str]:
+    """Clips that the stage made, with their cache keys (an index written before keys existed: the clip folder's
+    content hash)."""
+    return {c["clip_id"]: c.get("cache_key") or file_digest(path.parent / c["clip_id"])
+            for c in read_json(path, stage)["clips"] if c["status"] == "ok"}
 
 
 def clip_contact_sheet(dataset: RestorationDataset, clip_id: str, frames: int = 6):
@@ -147,14 +186,26 @@ def clip_contact_sheet(dataset: RestorationDataset, clip_id: str, frames: int = 
 
 def run_restoration_dataset(params: Params) -> StageOutput:
     with_scenes = _clips_with_scenes()
-    gt_ok, lq_ok = _ok_ids(EGGPLANT_GT / "index.json", "eggplant_gt"), _ok_ids(MOSAIC_LQ / "index.json", "mosaic_lq")
-    clip_ids = [c for c in with_scenes if c in gt_ok and c in lq_ok]
-    skipped = sorted(set(with_scenes) - set(clip_ids))
+    gt_keys, lq_keys = _ok_keys(EGGPLANT_GT / "index.json", "eggplant_gt"), _ok_keys(MOSAIC_LQ / "index.json", "mosaic_lq")
+    clip_ids = [c for c in with_scenes if c in gt_keys and c in lq_keys]
     groups = clip_groups(REGION_TRACKS, clip_ids)
     copies = grouped(groups)
+    splits = split_clips(clip_ids, params.dataset.val_fraction, groups)
+    cache = stage_cache("restoration_dataset", run_restoration_dataset)
     with atomic_dir(RESTORATION_DATASET) as tmp:
-        rows = assemble(clip_ids, REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp, params.dataset.val_fraction, groups)
+        make_layout(tmp)
+        # A clip's inputs: its record and the GT/LQ clips below (their own keys: same key, same bytes), and its side.
+        jobs = [CachedJob(cid, cache.key([cid, _record_digest(cid), gt_keys[cid], lq_keys[cid], splits[cid], groups.get(cid, cid)]),
+                          (cid, splits[cid], groups.get(cid, cid), REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp), clip_files)
+                for cid in clip_ids]
+        outcomes, reuse = map_clips_cached(assemble_clip, jobs, cache, tmp, params.data.workers, "restoration_dataset")
+        rows = [row for o in outcomes if o.ok for row in o.result]
+        failed = {o.clip_id: o.error for o in outcomes if not o.ok}
+        if failed and len(failed) == len(clip_ids):
+            raise StageInputError("every clip failed:\n" + "\n".join(f"{k}: {v}" for k, v in failed.items()))
+        skipped = sorted(set(with_scenes) - set(clip_ids) | set(failed))
         write_json(tmp / "index.json", {"scenes": rows, "skipped_clips": skipped, "content_groups": copies})
+    _keep_cache_within(params)
     images: dict[str, Path] = {}
     with atomic_dir(DATASET_REPORT) as tmp:
         for split in ("train", "val"):
@@ -168,7 +219,8 @@ def run_restoration_dataset(params: Params) -> StageOutput:
     summary = summarize(rows)
     write_json(DATASET_METRICS, summary)
     return StageOutput(
-        metadata={**summary, "skipped_clips": ", ".join(skipped) or "none",
+        metadata={**summary, **reuse, "skipped_clips": ", ".join(skipped) or "none",
+                  "failures": "\n".join(f"{k}: {v}" for k, v in failed.items()) or "none",
                   "content_groups": "; ".join(f"{g}: {', '.join(m)}" for g, m in copies.items()) or "none"},
         images=images,
         files=[RESTORATION_DATASET / "index.json", DATASET_METRICS],

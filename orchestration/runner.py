@@ -9,7 +9,7 @@ import cv2
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration import tracking
+from orchestration import project_lock, tracking
 from orchestration.config import Params, load_params, section
 from orchestration.stage_io import StageOutput
 from orchestration.stages import stage as lookup
@@ -35,19 +35,23 @@ def run_stage(
     cv2.setNumThreads(1)
     params = params or load_params(params_path)  # validated before any work starts
     tracking.check_reachable(params)  # an unreachable registry is said now, not after hours of training
-    sections = {key: section(params, key) for key in st.params if key not in ("profile", "profiles", "seed")}
-    # The run is open while the stage works, so training stages can log curves and sample grids as they go;
-    # a stage that raises leaves a FAILED run behind, which is what a person comparing runs wants to see.
-    with tracking.stage_run(
-        params, stage=name, track=st.track, orchestrator=orchestrator, run_id=run_id, data_hash="",
-        param_sections=sections,
-    ) as run:
-        started = time.perf_counter()
-        output = st.run(params)
-        seconds = time.perf_counter() - started
-        tracking.set_tags({"data.input_hash": output.input_hash})
-        metrics = {**output.metadata, "duration_s": round(seconds, 3)}
-        tracking.log_stage_outputs(run, metrics, list(output.images.values()) + [p for p in output.files if p.is_file()])
-        run_id_out = run.info.run_id if run is not None else None
-        url = tracking.run_url(params, run)
+    # One run writes data/ at a time, whichever engine started it; waiting happens before the MLflow run opens,
+    # so the wait is not counted as the stage's time.
+    owner = project_lock.owner_for(orchestrator, run_id)
+    with project_lock.held(owner, name, timeout_s=params.lock.timeout_s, poll_s=params.lock.poll_s):
+        sections = {key: section(params, key) for key in st.params if key not in ("profile", "profiles", "seed")}
+        # The run is open while the stage works, so training stages can log curves and sample grids as they go;
+        # a stage that raises leaves a FAILED run behind, which is what a person comparing runs wants to see.
+        with tracking.stage_run(
+            params, stage=name, track=st.track, orchestrator=orchestrator, run_id=run_id, data_hash="",
+            param_sections=sections,
+        ) as run:
+            started = time.perf_counter()
+            output = st.run(params)
+            seconds = time.perf_counter() - started
+            tracking.set_tags({"data.input_hash": output.input_hash})
+            metrics = {**output.metadata, "duration_s": round(seconds, 3)}
+            tracking.log_stage_outputs(run, metrics, list(output.images.values()) + [p for p in output.files if p.is_file()])
+            run_id_out = run.info.run_id if run is not None else None
+            url = tracking.run_url(params, run)
     return StageReport(name, output, seconds, run_id_out, url)

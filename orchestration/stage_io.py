@@ -9,6 +9,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assets.clip_cache import ClipCache, digest, file_digest
+from orchestration.code_deps import ROOT, code_files
+
 RAW_CLIPS = Path("data/interim/raw_clips")
 REGION_TRACKS = Path("data/interim/region_tracks")
 EGGPLANT_GT = Path("data/interim/eggplant_gt")
@@ -83,3 +86,15 @@ def write_timings(name: str, timings: dict, history: list[dict] | None = None, s
     dest = TIMINGS / f"{name}.json"
     write_json(dest, {**timings, "windows": windows})
     return dest
+
+
+def code_version(body) -> str:
+    """The stage body's code, as DVC sees it (the files of its imports, `orchestration.code_deps`)."""
+    return digest(*[(f, file_digest(ROOT / f)) for f in code_files(body)])
+
+
+def stage_cache(name: str, body, *config) -> ClipCache:
+    """The per-clip store of one stage; its key covers the body's code and the `config` its clips' work reads
+    (resolved params sections, weights files' hashes)."""
+    dumped = [c.model_dump(mode="json") if hasattr(c, "model_dump") else c for c in config]
+    return ClipCache(name, digest(code_version(body), *dumped))
