@@ -88,6 +88,9 @@ class ClipCache:
     def _entry(self, key: str) -> Path:
         return self.folder / key[:2] / key
 
+    def has(self, key: str) -> bool:
+        return (self._entry(key) / ENTRY).is_file()
+
     def fetch(self, key: str, dest_root: Path) -> dict | None:
         """Put the entry's files under `dest_root` and return its result; None (nothing written) when there is
         no complete entry for `key`."""

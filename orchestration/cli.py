@@ -79,14 +79,20 @@ def stage_cmd(
     for name in names:
         if name not in BY_NAME:
             _fail(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}")
+    from orchestration import project_lock
+
     p = _load(params)
-    for name in names:
-        try:
-            report = run_stage(name, p, orchestrator=orchestrator)
-        except _known_errors() as err:
-            _fail(str(err))
-        summary = {k: v for k, v in report.output.metadata.items() if not isinstance(v, str) or len(v) < 200}
-        typer.echo(json.dumps({"stage": name, "seconds": round(report.seconds, 2), "mlflow_run_id": report.mlflow_run_id, **summary}))
+    try:
+        # Several stages in one command are one run: no other engine writes data/ between them.
+        with project_lock.held(project_lock.owner_for(orchestrator, None), names[0], timeout_s=p.lock.timeout_s,
+                               poll_s=p.lock.poll_s):
+            for name in names:
+                report = run_stage(name, p, orchestrator=orchestrator)
+                summary = {k: v for k, v in report.output.metadata.items() if not isinstance(v, str) or len(v) < 200}
+                typer.echo(json.dumps({"stage": name, "seconds": round(report.seconds, 2),
+                                       "mlflow_run_id": report.mlflow_run_id, **summary}))
+    except _known_errors() as err:
+        _fail(str(err))
 
 
 @app.command("lineage")

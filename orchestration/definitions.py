@@ -9,11 +9,14 @@ runs, so both engines produce the same files.
 import base64
 import json
 import os
+import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
-from orchestration import automation
+from orchestration import automation, project_lock
 from orchestration.automation import RETRAIN_STAGES
 from orchestration.config import ConfigError, Params, load_params
 from orchestration.runner import run_stage
@@ -56,35 +59,100 @@ def _image_markdown(images: dict[str, Path]) -> str:
     return "\n\n".join(parts)
 
 
-def build_asset(st: Stage) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=st.name,
-        group_name=st.group,
-        description=st.description,
-        deps=[dg.AssetKey(u) for u in st.upstream],
-        kinds=set(st.kinds),
-        tags={"track": st.track},
-        pool=st.pool,
+def _stage_metadata(context, st: Stage, report) -> dict:
+    meta = {k: _metadata_value(v) for k, v in report.output.metadata.items()}
+    meta["duration_s"] = dg.MetadataValue.float(round(report.seconds, 2))
+    meta["input_hash"] = dg.MetadataValue.text(report.output.input_hash)
+    if report.mlflow_run_id:
+        meta["mlflow_run_id"] = dg.MetadataValue.text(report.mlflow_run_id)
+        meta["mlflow_run"] = dg.MetadataValue.url(report.mlflow_run_url or "")
+        # Run tags show on the run's page in the UI: one link per stage's MLflow run.
+        context.instance.add_run_tags(context.run_id, {f"mlflow/{st.name}": report.mlflow_run_url or report.mlflow_run_id})
+    for label, text in report.output.markdown.items():
+        meta[label] = dg.MetadataValue.md(text)
+    if report.output.images:
+        meta["contact_sheets"] = dg.MetadataValue.md(_image_markdown(report.output.images))
+        meta["contact_sheet_files"] = dg.MetadataValue.json({k: str(v) for k, v in report.output.images.items()})
+    for path in report.output.files:
+        meta[f"file:{path.name}"] = dg.MetadataValue.path(str(path))
+    return meta
+
+
+def _asset_args(st: Stage) -> dict:
+    return dict(
+        name=st.name, group_name=st.group, description=st.description, kinds=set(st.kinds), tags={"track": st.track},
         metadata={"outs": dg.MetadataValue.json(list(st.outs)), "params": dg.MetadataValue.json(list(st.params))},
     )
+
+
+def build_asset(st: Stage) -> dg.AssetsDefinition:
+    if st.per_clip is not None:
+        return build_per_clip_asset(st)
+
+    @dg.asset(**_asset_args(st), deps=[dg.AssetKey(u) for u in st.upstream], pool=st.pool)
     def _asset(context: dg.AssetExecutionContext, params: AubergineParams) -> dg.MaterializeResult:
         report = run_stage(st.name, params.load(), orchestrator="dagster", run_id=context.run_id)
-        meta = {k: _metadata_value(v) for k, v in report.output.metadata.items()}
-        meta["duration_s"] = dg.MetadataValue.float(round(report.seconds, 2))
-        meta["input_hash"] = dg.MetadataValue.text(report.output.input_hash)
-        if report.mlflow_run_id:
-            meta["mlflow_run_id"] = dg.MetadataValue.text(report.mlflow_run_id)
-            meta["mlflow_run"] = dg.MetadataValue.url(report.mlflow_run_url or "")
-            # Run tags show on the run's page in the UI: one link per stage's MLflow run.
-            context.instance.add_run_tags(context.run_id, {f"mlflow/{st.name}": report.mlflow_run_url or report.mlflow_run_id})
-        for label, text in report.output.markdown.items():
-            meta[label] = dg.MetadataValue.md(text)
-        if report.output.images:
-            meta["contact_sheets"] = dg.MetadataValue.md(_image_markdown(report.output.images))
-            meta["contact_sheet_files"] = dg.MetadataValue.json({k: str(v) for k, v in report.output.images.items()})
-        for path in report.output.files:
-            meta[f"file:{path.name}"] = dg.MetadataValue.path(str(path))
-        return dg.MaterializeResult(metadata=meta)
+        return dg.MaterializeResult(metadata=_stage_metadata(context, st, report))
+
+    return _asset
+
+
+@contextmanager
+def _scratch():
+    # Beside the per-clip store, so that a clip's files are hard-linked into it rather than copied.
+    root = Path("data/cache")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".tmp-scratch-") as scratch:
+        yield Path(scratch)
+
+
+def _mapping_key(index: int, clip_id: str) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', clip_id)[:48]}_{index}"
+
+
+def build_per_clip_asset(st: Stage) -> dg.AssetsDefinition:
+    """A per-clip stage as a graph-backed asset: one step lists the clips whose entry is not in the per-clip store,
+    one step per such clip computes it (Dagster's dynamic outputs: the multiprocess executor runs them side by
+    side, a Docker or Kubernetes executor in containers or pods of their own), and a last step runs the stage
+    body, which takes every clip from the store and publishes the folder -- the same body `dvc repro` runs, so
+    both engines write the same bytes. Asset key, upstream and checks are those of the stage table."""
+    assert len(st.upstream) == 1, f"{st.name}: a per-clip stage has one upstream stage"
+
+    def lock(context, p, what: str):
+        return project_lock.held(project_lock.owner_for("dagster", context.run_id), what, timeout_s=p.lock.timeout_s,
+                                 poll_s=p.lock.poll_s)
+
+    @dg.op(name=f"{st.name}_pending_clips", ins={"upstream": dg.In(dg.Nothing)}, out=dg.DynamicOut(str),
+           description=f"Clips of {st.name} whose inputs, knobs or code have no entry in the per-clip store yet.")
+    def pending(context: dg.OpExecutionContext, params: AubergineParams):
+        p = params.load()
+        with lock(context, p, f"{st.name} (planning)"), _scratch() as scratch:
+            plan = st.per_clip(p, scratch)
+            todo = plan.pending()
+        context.log.info(f"{st.name}: {len(todo)} of {len(plan.jobs)} clips to compute; the others come from the store")
+        for index, clip_id in enumerate(todo):
+            yield dg.DynamicOutput(clip_id, mapping_key=_mapping_key(index, clip_id))
+
+    @dg.op(name=f"{st.name}_clip", description=f"One clip of {st.name}, into the per-clip store.")
+    def one_clip(context: dg.OpExecutionContext, params: AubergineParams, clip_id: str) -> str:
+        p = params.load()
+        with lock(context, p, f"{st.name} [{clip_id}]"), _scratch() as scratch:
+            (outcome,), _ = st.per_clip(p, scratch).run(1, [clip_id])
+        if not outcome.ok:
+            # One bad clip never sinks the run: the stage body tries it again and records it in its index.
+            context.log.warning(f"{st.name}: clip {clip_id} failed: {outcome.error}")
+        return clip_id
+
+    @dg.op(name=f"{st.name}_publish", description=f"The {st.name} stage body over the store: writes its folder.")
+    def publish(context: dg.OpExecutionContext, params: AubergineParams, computed: list[str]) -> None:
+        report = run_stage(st.name, params.load(), orchestrator="dagster", run_id=context.run_id)
+        meta = _stage_metadata(context, st, report)
+        meta["clips_in_own_steps"] = dg.MetadataValue.int(len(computed))
+        context.add_output_metadata(meta)
+
+    @dg.graph_asset(**_asset_args(st), ins={"upstream": dg.AssetIn(st.upstream[0], dagster_type=dg.Nothing)})
+    def _asset(upstream):
+        return publish(pending(upstream).map(one_clip).collect())
 
     return _asset
 

@@ -11,12 +11,14 @@ recomputed, so a run over a growing library costs the new clips, not the library
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from assets import contact_sheet
 from assets.atomic import atomic_dir, write_json
 from assets.batch import CachedJob, map_clips_cached
-from assets.clip_cache import file_digest, prune
+from assets.clip_cache import ClipCache, file_digest, prune
 from assets.content_groups import clip_groups, grouped
 from assets.detect import sidecar_path
 from assets.eggplant_gt import composite_clip
@@ -88,9 +90,28 @@ def run_raw_clips(params: Params) -> StageOutput:
     )
 
 
-def run_region_tracks(params: Params) -> StageOutput:
+@dataclass
+class ClipPlan:
+    """A per-clip stage's work on the current inputs: each clip's job (writing under the plan's `out_root`) and the
+    store its results go to. The whole-stage body runs every job; Dagster fans the pending ones out as steps."""
+
+    stage: str
+    fn: Callable
+    cache: ClipCache
+    jobs: list[CachedJob]
+    out_root: Path
+
+    def pending(self) -> list[str]:
+        """Clips whose entry is not stored yet: the ones a run has to compute."""
+        return [j.clip_id for j in self.jobs if not self.cache.has(j.key)]
+
+    def run(self, workers: int = 1, clip_ids: list[str] | None = None):
+        jobs = self.jobs if clip_ids is None else [j for j in self.jobs if j.clip_id in set(clip_ids)]
+        return map_clips_cached(self.fn, jobs, self.cache, self.out_root, workers, self.stage)
+
+
+def plan_region_tracks(params: Params, out_root: Path) -> ClipPlan:
     manifest = read_json(RAW_CLIPS / "manifest.json", "raw_clips")
-    clips = ok_clips(manifest)
     trained = None
     d = params.detection
     uses_detector = "detector" in (d.faces, d.plates)
@@ -98,13 +119,18 @@ def run_region_tracks(params: Params) -> StageOutput:
         from training.detector import trained_regions as trained
     cache = stage_cache("region_tracks", run_region_tracks, d, params.tracking, file_digest(d.yunet_model) if d.faces == "yunet" else "-",
                         file_digest(d.detector_model) if uses_detector else "-")
+    # A clip's inputs: its manifest entry (content hash, path, probe) and a sidecar of boxes beside it.
+    jobs = [CachedJob(c["clip_id"], cache.key([c, file_digest(sidecar_path(Path(c["path"]), d))]),
+                      (c, out_root, d, params.tracking, trained), (f"{c['clip_id']}.json", f"masks/{c['clip_id']}"))
+            for c in ok_clips(manifest)]
+    return ClipPlan("region_tracks", track_clip, cache, jobs, out_root)
+
+
+def run_region_tracks(params: Params) -> StageOutput:
     with atomic_dir(REGION_TRACKS) as tmp:
-        # A clip's inputs: its manifest entry (content hash, path, probe) and a sidecar of boxes beside it.
-        jobs = [CachedJob(c["clip_id"], cache.key([c, file_digest(sidecar_path(Path(c["path"]), d))]),
-                          (c, tmp, d, params.tracking, trained), (f"{c['clip_id']}.json", f"masks/{c['clip_id']}"))
-                for c in clips]
-        outcomes, reuse = map_clips_cached(track_clip, jobs, cache, tmp, params.data.workers, "region_tracks")
-        index = _index(outcomes, keys={j.clip_id: j.key for j in jobs})
+        plan = plan_region_tracks(params, tmp)
+        outcomes, reuse = plan.run(params.data.workers)
+        index = _index(outcomes, keys={j.clip_id: j.key for j in plan.jobs})
         write_json(tmp / "index.json", index)
         failures = _failures(index)  # raises inside the block: a batch where every clip failed is not swapped in
     _keep_cache_within(params)
@@ -129,20 +155,34 @@ def _clips_with_scenes() -> list[str]:
     return [c["clip_id"] for c in index["clips"] if c["status"] == "ok" and c["scenes"] > 0]
 
 
-def _render_stage(params: Params, out: Path, fn, section, label: str, body, *config) -> StageOutput:
-    clip_ids = _clips_with_scenes()
+def _render_plan(params: Params, out_root: Path, fn, section, label: str, body, *config) -> ClipPlan:
     mask_shape = params.tracking.mask_shape
     raw_sha = _raw_sha(read_json(RAW_CLIPS / "manifest.json", "raw_clips"))
     cache = stage_cache(label, body, section, encoder(params), mask_shape, params.seed, *config)
+    # A clip's inputs: its region_tracks record and the raw clip the record's frames come from.
+    jobs = [
+        CachedJob(cid, cache.key([cid, _record_digest(cid), raw_sha.get(cid)]),
+                  (load_clip_tracks(REGION_TRACKS, cid), out_root, section, encoder(params), mask_shape, params.seed), (cid,))
+        for cid in _clips_with_scenes()
+    ]
+    return ClipPlan(label, fn, cache, jobs, out_root)
+
+
+def plan_eggplant_gt(params: Params, out_root: Path) -> ClipPlan:
+    e = params.eggplant
+    sprites = file_digest(e.emoji_png) if e.sprites == "emoji" else file_digest(e.sprites)
+    return _render_plan(params, out_root, composite_clip, e, "eggplant_gt", run_eggplant_gt, sprites)
+
+
+def plan_mosaic_lq(params: Params, out_root: Path) -> ClipPlan:
+    return _render_plan(params, out_root, mosaic_clip, params.mosaic, "mosaic_lq", run_mosaic_lq)
+
+
+def _render_stage(params: Params, out: Path, planner) -> StageOutput:
     with atomic_dir(out) as tmp:
-        # A clip's inputs: its region_tracks record and the raw clip the record's frames come from.
-        jobs = [
-            CachedJob(cid, cache.key([cid, _record_digest(cid), raw_sha.get(cid)]),
-                      (load_clip_tracks(REGION_TRACKS, cid), tmp, section, encoder(params), mask_shape, params.seed), (cid,))
-            for cid in clip_ids
-        ]
-        outcomes, reuse = map_clips_cached(fn, jobs, cache, tmp, params.data.workers, label)
-        index = _index(outcomes, keys={j.clip_id: j.key for j in jobs})
+        plan = planner(params, tmp)
+        outcomes, reuse = plan.run(params.data.workers)
+        index = _index(outcomes, keys={j.clip_id: j.key for j in plan.jobs})
         write_json(tmp / "index.json", index)
         failures = _failures(index)
     _keep_cache_within(params)
@@ -156,13 +196,11 @@ def _render_stage(params: Params, out: Path, fn, section, label: str, body, *con
 
 
 def run_eggplant_gt(params: Params) -> StageOutput:
-    e = params.eggplant
-    sprites = file_digest(e.emoji_png) if e.sprites == "emoji" else file_digest(e.sprites)
-    return _render_stage(params, EGGPLANT_GT, composite_clip, e, "eggplant_gt", run_eggplant_gt, sprites)
+    return _render_stage(params, EGGPLANT_GT, plan_eggplant_gt)
 
 
 def run_mosaic_lq(params: Params) -> StageOutput:
-    return _render_stage(params, MOSAIC_LQ, mosaic_clip, params.mosaic, "mosaic_lq", run_mosaic_lq)
+    return _render_stage(params, MOSAIC_LQ, plan_mosaic_lq)
 
 
 def _ok_keys(path: Path, stage: str) -> dict[str, str]:

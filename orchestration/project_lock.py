@@ -168,6 +168,7 @@ def _try_enter(owner: Owner, stage: str, record_path: Path) -> dict | None:
                       "stages": {}}
         entry = record["stages"].setdefault(str(me_pid), {"stage": stage, "started": me_started, "depth": 0})
         entry["depth"] += 1
+        entry["stage"] = stage
         record["last_stage"] = stage
         _write(record, record_path)
         return None

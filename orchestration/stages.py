@@ -28,6 +28,9 @@ class Stage:
     # Training curves for `dvc plots show`: (JSON file inside an out, x field, y fields).
     plots: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     pool: str | None = None  # Dagster concurrency pool: "gpu" for training, at most one at a time
+    # Per-clip stages: (params, out_root) -> lineage.ClipPlan. Dagster runs the plan's pending clips as steps of
+    # their own (one per clip, on whatever executor the deployment uses) before the stage body publishes.
+    per_clip: Callable | None = None
 
     @property
     def track(self) -> str:
@@ -59,6 +62,7 @@ STAGES: tuple[Stage, ...] = (
         description="Faces (YuNet/Haar) and plates (OpenCV cascade) or sidecar COCO boxes per frame, linked into "
         "tracks, median-smoothed over ~1 s, cut into scenes with Lada-style crops, pads and mask videos.",
         run=lineage.run_region_tracks,
+        per_clip=lineage.plan_region_tracks,
         upstream=("raw_clips",),
         params=("detection", "tracking", "dataset"),
         outs=(str(stage_io.REGION_TRACKS),),
@@ -72,6 +76,7 @@ STAGES: tuple[Stage, ...] = (
         "(aspect kept, pose from the smoothed track, colour matched, soft edge); the region's own pixels are "
         "inpainted away first.",
         run=lineage.run_eggplant_gt,
+        per_clip=lineage.plan_eggplant_gt,
         upstream=("region_tracks",),
         params=("eggplant", "tracking", "dataset"),
         outs=(str(stage_io.EGGPLANT_GT),),
@@ -84,6 +89,7 @@ STAGES: tuple[Stage, ...] = (
         description="LQ of the training pairs: a seeded Lada-style mosaic (square-mid / square-avg / rect-avg, "
         "block size from region area, feather) of the ORIGINAL region, with optional degradation.",
         run=lineage.run_mosaic_lq,
+        per_clip=lineage.plan_mosaic_lq,
         upstream=("region_tracks",),
         params=("mosaic", "tracking", "dataset"),
         outs=(str(stage_io.MOSAIC_LQ),),
