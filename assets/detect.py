@@ -125,6 +125,10 @@ class CombinedDetector:
     def __init__(self, detectors: list[Detector]):
         self.detectors = detectors
 
+    @property
+    def reads_sidecar(self) -> bool:
+        return bool(self.detectors) and all(isinstance(d, SidecarCoco) for d in self.detectors)
+
     def __call__(self, frame: np.ndarray, index: int) -> list[Detection]:
         return [d for det in self.detectors for d in det(frame, index)]
 

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from assets.atomic import write_json
+from assets.box_flow import BoxFlow
 from assets.content_groups import frame_signature, sample_indices
 from assets.detect import build_detector
 from assets.lada_meta import scene_name
@@ -33,13 +34,23 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     sampled = set(sample_indices(clip["frames"]))
     signature: list[str] = []  # perceptual hashes of sampled frames: copies of this clip share its split
     frames = tqdm(read_frames(path, stop=clip["frames"]), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
+    # Boxes read from a sidecar cost nothing: every frame then. Otherwise the detectors run every n-th frame and
+    # optical flow carries their boxes through the frames between (assets/box_flow.py), or nothing does ("none").
+    every = 1 if detector.reads_sidecar else detection.every_n_frames
+    flow = BoxFlow() if every > 1 and detection.between == "flow" else None
     for index, frame in enumerate(frames):
-        detections.append(detector(frame, index) if index % detection.every_n_frames == 0 else [])
+        if index % every == 0:
+            found = detector(frame, index)
+            if flow is not None:
+                flow.start(frame, found)
+        else:
+            found = flow.step(frame) if flow is not None else []
+        detections.append(found)
         if index in sampled:
             signature.append(frame_signature(frame))
     if len(detections) < clip["frames"]:
         raise VideoError(f"{path}: decoded {len(detections)} of {clip['frames']} frames")
-    max_gap = tracking.max_gap_frames + detection.every_n_frames - 1
+    max_gap = tracking.max_gap_frames + every - 1
     tracks, dropped = filter_tracks(associate(detections, tracking.iou_threshold, max_gap),
                                     tracking.min_track_detections, tracking.min_track_score)
     height, width = clip["height"], clip["width"]

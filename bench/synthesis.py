@@ -348,6 +348,39 @@ def report(clips: list[dict], results: dict, repeat: int, settings, started_load
     print(f"synthesis / decode->encode floor: {tot['synth'] / tot['floor']:.2f}x{spread}  -- target <= 1.5x: {verdict}")
 
 
+def recall(clips: list[dict], params, out: Path) -> None:
+    """What the configured detection path (every n-th frame, boxes carried by flow) loses against detection on
+    every frame: scene recall and IoU of the regions (what the lineage renders) and of the per-frame boxes."""
+    import json
+
+    from assets.region_tracks import track_clip
+    from assets.track_recall import compare, summarize
+
+    if params.detection.every_n_frames == 1:
+        print("\nrecall: detection runs on every frame (detection.every_n_frames = 1): nothing to compare")
+        return
+    reference = replace_detection(params, every_n_frames=1)
+    rows = []
+    for clip in clips:
+        track_clip(clip, out / "recall-reference", reference.detection, params.tracking)
+        track_clip(clip, out / "recall-fast", params.detection, params.tracking)
+        ref = json.loads((out / "recall-reference" / f"{clip['clip_id']}.json").read_text())
+        fast = json.loads((out / "recall-fast" / f"{clip['clip_id']}.json").read_text())
+        rows.append(compare(ref, fast))
+        one = summarize(rows[-1:])
+        print(f"  recall {clip['clip_id']:<24} scenes {rows[-1]['scenes_found']}/{rows[-1]['scenes']}  region IoU "
+              f"{one['mean_region_iou']:.3f}  box IoU {one['mean_box_iou']:.3f} ({rows[-1]['boxes']} boxes)")
+    total = summarize(rows)
+    d = params.detection
+    print(f"recall against detection on every frame (detection every {d.every_n_frames} frames, between: {d.between}): "
+          f"scenes {total['scene_recall']:.1%} of {total['scenes']} (aim >= 98%), mean region IoU "
+          f"{total['mean_region_iou']:.3f}, mean box IoU {total['mean_box_iou']:.3f} over {total['boxes']} boxes (aim >= 0.9)")
+
+
+def replace_detection(params, **changes):
+    return params.model_copy(update={"detection": params.detection.model_copy(update=changes)})
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -436,6 +469,8 @@ def main(argv=None) -> int:
         unpatch()
 
     report(clips, results, args.repeat, settings, started_load)
+
+    recall(clips, params, out)
 
     if profile_path:
         print()

@@ -283,6 +283,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 PRELOAD_MODULES = ["orchestration.definitions", "torch", "torchvision", "mlflow", "great_expectations", "transformers",
                    "diffusers", "peft"]
 EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}}})
+# On a cluster every step (one per clip in the per-clip stages) can run in a pod or container of its own:
+# AUBERGINE_DAGSTER_EXECUTOR=k8s | docker picks Dagster's own executors (docs/deploy/dagster-cluster.yaml).
+CLUSTER_EXECUTORS = {"k8s": ("dagster_k8s", "k8s_job_executor"), "docker": ("dagster_docker", "docker_executor")}
+
+
+def select_executor(choice: str | None = None):
+    choice = choice or os.environ.get("AUBERGINE_DAGSTER_EXECUTOR") or "multiprocess"
+    if choice == "multiprocess":
+        return EXECUTOR
+    if choice not in CLUSTER_EXECUTORS:
+        raise dg.DagsterInvalidDefinitionError(
+            f"AUBERGINE_DAGSTER_EXECUTOR={choice!r}: not an executor of this project (multiprocess, {', '.join(CLUSTER_EXECUTORS)})")
+    module, name = CLUSTER_EXECUTORS[choice]
+    try:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise dg.DagsterInvalidDefinitionError(
+            f"AUBERGINE_DAGSTER_EXECUTOR={choice}: the package {module.replace('_', '-')} is not installed; add it "
+            f"with the same minor version as dagster (`uv add {module.replace('_', '-')}`)") from None
 
 defs = dg.Definitions(
     assets=ASSETS,
@@ -291,5 +312,5 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources={"params": AubergineParams(path=automation.PARAMS_PATH)},
-    executor=EXECUTOR,
+    executor=select_executor(),
 )

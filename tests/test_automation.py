@@ -190,3 +190,16 @@ def test_the_instance_config_runs_one_pooled_step_at_a_time(tmp_path):
     assert a1 <= b0 or b1 <= a0, f"pooled steps overlapped: {spans}"
     first_pooled_end = min(a1, b1)
     assert n0 < first_pooled_end, f"the unpooled step waited for the pool: {spans}"
+
+
+def test_a_cluster_executor_is_chosen_by_name_and_a_missing_one_is_a_clear_error(monkeypatch):
+    from orchestration.definitions import EXECUTOR, select_executor
+
+    assert select_executor("multiprocess") is EXECUTOR
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="not an executor of this project"):
+        select_executor("slurm")
+    try:
+        import dagster_k8s  # noqa: F401
+    except ImportError:
+        with pytest.raises(dg.DagsterInvalidDefinitionError, match="dagster-k8s is not installed"):
+            select_executor("k8s")
