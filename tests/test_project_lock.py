@@ -133,24 +133,26 @@ def test_the_lock_of_another_live_run_is_refused_within_the_timeout(tmp_path):
 def test_a_dagster_materialization_holds_the_lock_as_its_run_worker(project, tmp_path):
     """The multiprocess executor runs each step in a forked process: the record names the run and the run worker
     (here the `dagster asset materialize` process), not the step, so the lock spans the run."""
+    import dagster as dg
+
     project.add_sample("carphone_pristine.mp4")
-    env = {**dvc_env(), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    (tmp_path / "dagster_home").mkdir()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**dvc_env(), "DAGSTER_HOME": str(home)}
     root = engine_project(tmp_path / "dagster", project.root)
     run = subprocess.Popen([sys.executable, "-m", "dagster", "asset", "materialize", "--select", "raw_clips",
                             "-m", "orchestration.definitions"], cwd=root, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    while run.poll() is None:
-        record = project_lock.read(root / project_lock.RECORD)
-        if record and record["stages"]:
-            seen.append(record)
-        time.sleep(0.05)
-    out = run.stdout.read()
+    out, _ = run.communicate(timeout=600)
     assert run.returncode == 0, out[-3000:]
-    assert seen, "no stage was seen holding the lock"
-    assert seen[0]["owner"].startswith("dagster:") and seen[0]["driver"][0] == run.pid
-    assert [m["stage"] for m in seen[0]["stages"].values()] == ["raw_clips"]
-    assert all(int(pid) != run.pid for pid in seen[0]["stages"])  # the step ran in its own process
+    instance = dg.DagsterInstance.from_config(str(home))
+    (dagster_run,) = instance.get_runs()
+    step_pids = {r.dagster_event.pid for r in instance.all_logs(dagster_run.run_id)
+                 if r.dagster_event and r.dagster_event.step_key == "raw_clips"
+                 and r.dagster_event.event_type_value == "STEP_START"}
+    assert step_pids and run.pid not in step_pids  # the step ran in a process of its own
     left = project_lock.read(root / project_lock.RECORD)
-    assert left is not None and left["stages"] == {} and project_lock.status(root / project_lock.RECORD)[1] is False
+    assert left is not None, "the run left no lock record"
+    assert left["owner"] == f"dagster:{dagster_run.run_id}" and left["driver"][0] == run.pid
+    assert left["last_stage"] == "raw_clips" and left["stages"] == {}
+    assert project_lock.status(root / project_lock.RECORD)[1] is False  # the run worker is gone: free
