@@ -95,7 +95,7 @@ def make_project(root: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copy2(REPO / "aubergine", root / "aubergine")
     (root / "data/raw").mkdir(parents=True)
-    for shared in ("models", "media"):
+    for shared in ("models", "media", "external"):
         (root / "data" / shared).symlink_to(REPO / "data" / shared)
     doc = yaml.safe_load((REPO / "params.yaml").read_text())
     doc["data"]["raw_dir"] = "data/raw"

@@ -151,6 +151,7 @@ def install_meters() -> None:
             finally:
                 METER.add("detect", perf() - t0, 1)
 
+        timed_detector.reads_sidecar = detector.reads_sidecar  # track_clip asks it
         return timed_detector
 
     _patch(video, "read_frames", timed_read_frames)
