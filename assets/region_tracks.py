@@ -36,7 +36,7 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     frames = tqdm(read_frames(path, stop=clip["frames"]), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
     # Boxes read from a sidecar cost nothing: every frame then. Otherwise the detectors run every n-th frame and
     # optical flow carries their boxes through the frames between (assets/box_flow.py), or nothing does ("none").
-    every = 1 if detector.reads_sidecar else detection.every_n_frames
+    every = 1 if getattr(detector, "reads_sidecar", False) else detection.every_n_frames
     flow = BoxFlow() if every > 1 and detection.between == "flow" else None
     for index, frame in enumerate(frames):
         if index % every == 0:
