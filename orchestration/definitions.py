@@ -137,7 +137,7 @@ def build_per_clip_asset(st: Stage) -> dg.AssetsDefinition:
     def one_clip(context: dg.OpExecutionContext, params: AubergineParams, clip_id: str) -> str:
         p = params.load()
         with lock(context, p, f"{st.name} [{clip_id}]"), _scratch() as scratch:
-            (outcome,), _ = st.per_clip(p, scratch).run(1, [clip_id])
+            (outcome,), _ = st.per_clip(p, scratch, {clip_id}).run(1)
         if not outcome.ok:
             # One bad clip never sinks the run: the stage body tries it again and records it in its index.
             context.log.warning(f"{st.name}: clip {clip_id} failed: {outcome.error}")

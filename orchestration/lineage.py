@@ -105,12 +105,13 @@ class ClipPlan:
         """Clips whose entry is not stored yet: the ones a run has to compute."""
         return [j.clip_id for j in self.jobs if not self.cache.has(j.key)]
 
-    def run(self, workers: int = 1, clip_ids: list[str] | None = None):
-        jobs = self.jobs if clip_ids is None else [j for j in self.jobs if j.clip_id in set(clip_ids)]
-        return map_clips_cached(self.fn, jobs, self.cache, self.out_root, workers, self.stage)
+    def run(self, workers: int = 1):
+        return map_clips_cached(self.fn, self.jobs, self.cache, self.out_root, workers, self.stage)
 
 
-def plan_region_tracks(params: Params, out_root: Path) -> ClipPlan:
+# The planners take `only` (clip ids): a Dagster step of one clip builds that clip's job alone, rather than reading
+# every clip's record to keep one.
+def plan_region_tracks(params: Params, out_root: Path, only: set[str] | None = None) -> ClipPlan:
     manifest = read_json(RAW_CLIPS / "manifest.json", "raw_clips")
     trained = None
     d = params.detection
@@ -122,7 +123,7 @@ def plan_region_tracks(params: Params, out_root: Path) -> ClipPlan:
     # A clip's inputs: its manifest entry (content hash, path, probe) and a sidecar of boxes beside it.
     jobs = [CachedJob(c["clip_id"], cache.key([c, file_digest(sidecar_path(Path(c["path"]), d))]),
                       (c, out_root, d, params.tracking, trained), (f"{c['clip_id']}.json", f"masks/{c['clip_id']}"))
-            for c in ok_clips(manifest)]
+            for c in ok_clips(manifest) if only is None or c["clip_id"] in only]
     return ClipPlan("region_tracks", track_clip, cache, jobs, out_root)
 
 
@@ -155,7 +156,7 @@ def _clips_with_scenes() -> list[str]:
     return [c["clip_id"] for c in index["clips"] if c["status"] == "ok" and c["scenes"] > 0]
 
 
-def _render_plan(params: Params, out_root: Path, fn, section, label: str, body, *config) -> ClipPlan:
+def _render_plan(params: Params, out_root: Path, only: set[str] | None, fn, section, label: str, body, *config) -> ClipPlan:
     mask_shape = params.tracking.mask_shape
     raw_sha = _raw_sha(read_json(RAW_CLIPS / "manifest.json", "raw_clips"))
     cache = stage_cache(label, body, section, encoder(params), mask_shape, params.seed, *config)
@@ -163,19 +164,19 @@ def _render_plan(params: Params, out_root: Path, fn, section, label: str, body, 
     jobs = [
         CachedJob(cid, cache.key([cid, _record_digest(cid), raw_sha.get(cid)]),
                   (load_clip_tracks(REGION_TRACKS, cid), out_root, section, encoder(params), mask_shape, params.seed), (cid,))
-        for cid in _clips_with_scenes()
+        for cid in _clips_with_scenes() if only is None or cid in only
     ]
     return ClipPlan(label, fn, cache, jobs, out_root)
 
 
-def plan_eggplant_gt(params: Params, out_root: Path) -> ClipPlan:
+def plan_eggplant_gt(params: Params, out_root: Path, only: set[str] | None = None) -> ClipPlan:
     e = params.eggplant
     sprites = file_digest(e.emoji_png) if e.sprites == "emoji" else file_digest(e.sprites)
-    return _render_plan(params, out_root, composite_clip, e, "eggplant_gt", run_eggplant_gt, sprites)
+    return _render_plan(params, out_root, only, composite_clip, e, "eggplant_gt", run_eggplant_gt, sprites)
 
 
-def plan_mosaic_lq(params: Params, out_root: Path) -> ClipPlan:
-    return _render_plan(params, out_root, mosaic_clip, params.mosaic, "mosaic_lq", run_mosaic_lq)
+def plan_mosaic_lq(params: Params, out_root: Path, only: set[str] | None = None) -> ClipPlan:
+    return _render_plan(params, out_root, only, mosaic_clip, params.mosaic, "mosaic_lq", run_mosaic_lq)
 
 
 def _render_stage(params: Params, out: Path, planner) -> StageOutput:

@@ -160,9 +160,11 @@ def _try_enter(owner: Owner, stage: str, record_path: Path) -> dict | None:
         # The same driver process is the same run seen from another angle (a test process that ran a Dagster job
         # and now runs a stage by hand): it joins rather than waiting for itself.
         ours = record is not None and (record["owner"] == owner.key or tuple(record["driver"]) == owner.driver)
-        if record is not None and not ours and _held(record):
-            return record
-        if record is None or not ours or (record["owner"] != owner.key and not _held(record)):
+        if record is not None and not ours:
+            if _held(record):
+                return record
+            record = None  # stale: its run is over, take it over
+        if record is None:
             record = {"owner": owner.key, "engine": owner.engine, "run_id": owner.run_id, "driver": list(owner.driver),
                       "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "stages": {}}
