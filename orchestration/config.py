@@ -668,6 +668,34 @@ class CacheParams(_Strict):
     max_gb: Annotated[float, Field(ge=0)] = 20.0  # least recently used entries go once the store is larger
 
 
+class TrainingParams(_Strict):
+    """How the training stages are launched (orchestration/launcher.py): in the stage's own process (`none`), or
+    data-parallel under `torchrun` / `accelerate launch` with `nproc_per_node` processes per machine (one per GPU;
+    gloo processes on a CPU machine). The recipes' `batch_size` is per process, as in the recipes it comes from
+    (BasicVSR++: 1 per GPU; torchvision's detection reference): the effective batch is batch_size x processes, and
+    the learning rate is not rescaled (scale it by hand for the larger batch). No stage's output depends on it beyond float rounding
+    (and, for the detector, the per-process normalisation of its loss: README), so changing it re-runs nothing."""
+
+    launcher: Literal["none", "torchrun", "accelerate"] = "none"
+    nproc_per_node: PositiveInt = 1
+    nnodes: PositiveInt = 1
+    node_rank: Annotated[int, Field(ge=0)] = 0  # this machine's index (accelerate's --machine_rank; torchrun finds it)
+    rdzv_endpoint: str | None = None  # host:port of the first machine; required when nnodes > 1
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0  # a collective that waits longer (a rank died) fails the job
+
+    @property
+    def world(self) -> int:
+        return self.nproc_per_node * self.nnodes if self.launcher != "none" else 1
+
+    @model_validator(mode="after")
+    def _multi_node(self):
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the first machine, reachable from all)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        return self
+
+
 class Params(_Strict):
     profile: str = "embedded"
     seed: int = 1234
@@ -689,6 +717,7 @@ class Params(_Strict):
     retraining: RetrainingParams = RetrainingParams()
     lock: LockParams = LockParams()
     cache: CacheParams = CacheParams()
+    training: TrainingParams = TrainingParams()
 
 
 def _deep_merge(base: dict, overlay: dict, prefix: str = "") -> dict:

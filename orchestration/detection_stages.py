@@ -220,6 +220,10 @@ def train_detector_stage(d, seed: int, coco_root: Path, data_hash: str, dest: Pa
         tracking.log_image(path, f"samples/{name}")
 
     result = train_detector(settings, on_log, on_sample)
+    from training import distributed as dist
+
+    if not dist.current().main:  # under a launcher only rank 0 publishes
+        return StageOutput()
     from training.detector import load_detector, save_detector
 
     model, meta = load_detector(result.checkpoint)
@@ -230,7 +234,8 @@ def train_detector_stage(d, seed: int, coco_root: Path, data_hash: str, dest: Pa
     # The run's averages; the last logging window's figure keeps its own name.
     summary = {"iterations": result.iterations, "resumed_from": result.resumed_from,
                "train_seconds": round(result.seconds, 2), **window,
-               "iters_per_s": run_rate(done, result.seconds), "images_per_s": run_rate(done * d.batch_size, result.seconds)}
+               "iters_per_s": run_rate(done, result.seconds), "images_per_s": run_rate(done * d.batch_size * result.processes, result.seconds),
+               "processes": result.processes}
     kept, timings = split_timings(summary)
     images = {}
     with atomic_dir(dest) as tmp:

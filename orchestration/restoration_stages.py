@@ -117,6 +117,10 @@ def run_stage1(params: Params) -> StageOutput:
     )
     on_log, on_sample = _hooks("stage1")
     result = train(settings, on_log, on_sample)
+    from training import distributed as dist
+
+    if not dist.current().main:  # under a launcher only rank 0 publishes
+        return StageOutput()
     output = _publish(STAGE1, result, s1.model_dump(), "Stage 1 (Charbonnier)", STAGE1_METRICS, {"stage": "stage1"})
     output.input_hash = data_hash
     return output
@@ -132,6 +136,10 @@ def run_stage2(params: Params) -> StageOutput:
         raise StageInputError(f"{source}: missing; materialize `stage1_checkpoint` first")
     source_hash = hash_files(source)
     if not s2.enabled:
+        from training import distributed as dist
+
+        if not dist.current().main:
+            return StageOutput()
         # Stage 2 is optional polish: disabled, the Stage 1 generator is published as the final model.
         with atomic_dir(STAGE2) as tmp:
             shutil.copyfile(source, tmp / GENERATOR)
@@ -156,6 +164,10 @@ def run_stage2(params: Params) -> StageOutput:
     )
     on_log, on_sample = _hooks("stage2")
     result = train(settings, on_log, on_sample)
+    from training import distributed as dist
+
+    if not dist.current().main:  # under a launcher only rank 0 publishes
+        return StageOutput()
     output = _publish(STAGE2, result, s2.model_dump(), "Stage 2 (pixel + perceptual + GAN)", STAGE2_METRICS,
                       {"stage": "stage2", "converted_from": str(source)})
     output.input_hash = source_hash

@@ -9,7 +9,7 @@ import cv2
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration import project_lock, tracking
+from orchestration import launcher, project_lock, tracking
 from orchestration.config import Params, load_params, section
 from orchestration.stage_io import StageOutput
 from orchestration.stages import stage as lookup
@@ -35,6 +35,15 @@ def run_stage(
     cv2.setNumThreads(1)
     params = params or load_params(params_path)  # validated before any work starts
     tracking.check_reachable(params)  # an unreachable registry is said now, not after hours of training
+    distributed = st.distributed and params.training.launcher != "none"
+    if distributed:
+        launcher.binary(params.training)  # a missing launcher is said now, before the lock and the MLflow run
+        if params.training.node_rank > 0:
+            # Another machine of a multi-node job: its processes join machine 0's, which holds the project lock,
+            # the MLflow run and the outputs (waiting for that lock here would deadlock the rendezvous).
+            started = time.perf_counter()
+            output = launcher.run_distributed(name, params, None, None)
+            return StageReport(name, output, time.perf_counter() - started, None, None)
     # One run writes data/ at a time, whichever engine started it; waiting happens before the MLflow run opens,
     # so the wait is not counted as the stage's time.
     owner = project_lock.owner_for(orchestrator, run_id)
@@ -47,7 +56,11 @@ def run_stage(
             param_sections=sections,
         ) as run:
             started = time.perf_counter()
-            output = st.run(params)
+            if distributed:
+                output = launcher.run_distributed(name, params, run.info.run_id if run is not None else None,
+                                                  tracking.tracking_uri(params) if run is not None else None)
+            else:
+                output = st.run(params)
             seconds = time.perf_counter() - started
             tracking.set_tags({"data.input_hash": output.input_hash})
             metrics = {**output.metadata, "duration_s": round(seconds, 3)}

@@ -31,6 +31,8 @@ class Stage:
     # Per-clip stages: (params, out_root) -> lineage.ClipPlan. Dagster runs the plan's pending clips as steps of
     # their own (one per clip, on whatever executor the deployment uses) before the stage body publishes.
     per_clip: Callable | None = None
+    # Training stages that `training.launcher` runs data-parallel (orchestration/launcher.py).
+    distributed: bool = False
 
     @property
     def track(self) -> str:
@@ -122,6 +124,7 @@ STAGES: tuple[Stage, ...] = (
         metrics=(str(restoration_stages.STAGE1_METRICS),),
         plots=((str(restoration_stages.STAGE1 / "history.json"), "iteration", ("loss_pix",)),),
         pool="gpu",
+        distributed=True,
     ),
     Stage(
         name="stage2_checkpoint",
@@ -136,6 +139,7 @@ STAGES: tuple[Stage, ...] = (
         metrics=(str(restoration_stages.STAGE2_METRICS),),
         plots=((str(restoration_stages.STAGE2 / "history.json"), "iteration", ("loss_pix", "loss_perceptual", "loss_gan")),),
         pool="gpu",
+        distributed=True,
     ),
     Stage(
         name="restoration_report",
@@ -177,6 +181,7 @@ STAGES: tuple[Stage, ...] = (
         plots=((str(mosaic_detection_stages.MOSAIC_DETECTOR / "history.json"), "iteration",
                 ("loss", "loss_classification", "loss_bbox_regression", "loss_bbox_ctrness")),),
         pool="gpu",
+        distributed=True,
     ),
     Stage(
         name="mosaic_detection_report",
@@ -220,6 +225,7 @@ STAGES: tuple[Stage, ...] = (
         plots=((str(detection_stages.DETECTOR / "history.json"), "iteration",
                 ("loss", "loss_classification", "loss_bbox_regression", "loss_bbox_ctrness")),),
         pool="gpu",
+        distributed=True,
     ),
     Stage(
         name="detection_report",

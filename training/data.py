@@ -82,13 +82,17 @@ class PairSampler:
         # Scenes are drawn in proportion to their number of windows, so every window is equally likely.
         self.weights = torch.tensor([i.frames_count - num_frame + 1 for i in self.items], dtype=torch.float64)
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, part: range | None = None) -> Batch:
+        """`batch_size` windows; with `part`, the whole batch is drawn (the generator advances alike on every rank)
+        and only the windows at those positions are read (a rank's share of a global batch)."""
         lqs, gts, masks, names = [], [], [], []
-        for _ in range(batch_size):
+        for position in range(batch_size):
             k = int(torch.multinomial(self.weights, 1, generator=self.generator))
             item = self.items[k]
             start = int(torch.randint(0, item.frames_count - self.num_frame + 1, (1,), generator=self.generator))
             flip = bool(torch.rand(1, generator=self.generator) < 0.5) and self.flip
+            if part is not None and position not in part:
+                continue
             scene = self.cache.get(item)
             lq, _ = fit_frames(list(scene[0][start : start + self.num_frame]), self.size)
             gt, _ = fit_frames(list(scene[1][start : start + self.num_frame]), self.size)

@@ -228,8 +228,12 @@ class BoxSampler:
         image, target = self.data[aug.index]
         return apply_aug(image, target, aug, self.min_size, self.max_size)
 
-    def sample(self, batch_size: int) -> tuple[list[torch.Tensor], list[dict], list[int]]:
+    def sample(self, batch_size: int, part: range | None = None) -> tuple[list[torch.Tensor], list[dict], list[int]]:
+        """With `part`: the whole batch is planned (the generator advances alike on every rank) and only the
+        images at those positions are loaded (a rank's share of a global batch)."""
         plan = self.plan(batch_size)
+        if part is not None:
+            plan = [plan[i] for i in part]
         items = list(self.pool.map(self.load, plan)) if self.pool else [self.load(a) for a in plan]
         return [i for i, _ in items], [t for _, t in items], [a.index for a in plan]
 

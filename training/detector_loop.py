@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from training import detector as det
+from training import distributed as dist
 from training.detector_data import BoxSampler, CocoBoxes
 from training.loop import peak_memory_mb
 
@@ -88,6 +89,7 @@ class DetectorTrainResult:
     meta: dict
     labels: dict[str, str] = field(default_factory=dict)
     samples: list[Path] = field(default_factory=list)
+    processes: int = 1  # data-parallel processes that trained it (training.launcher)
 
 
 Hook = Callable[[dict, int], None]
@@ -173,7 +175,9 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
     from training.restorer import pick_device
 
     _validate(s)
-    device = pick_device(s.device)
+    rank = dist.current()
+    device = dist.device_for(rank, pick_device(s.device))
+    dist.init(rank, device, dist.timeout_s())
     use_amp = s.amp and device.type == "cuda"
     s.work_dir.mkdir(parents=True, exist_ok=True)
     train_data = CocoBoxes(s.train_json, s.train_images, s.categories)
@@ -194,6 +198,11 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
     model.to(device).train()
     labels = {"init": init,
               "data": f"{len(train_data)} train images, {train_data.box_count()} boxes ({s.train_json})"}
+    if rank.distributed:
+        labels["distributed"] = (f"{rank.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), global batch "
+                                 f"{s.batch_size * rank.world} = {s.batch_size} per process")
+    # The backbone's frozen stages (requires_grad=False) stay outside DDP's buckets.
+    step_model = dist.wrap(model, rank, device)
     opt = _optimizer(model, s)
     warmup = warmup_of(s)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, s.max_iters, warmup))
@@ -244,14 +253,16 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
     window_start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=s.max_iters, initial=min(start, s.max_iters), desc=f"detector {s.arch}", unit="it", disable=not s.progress)
+    bar = tqdm(total=s.max_iters, initial=min(start, s.max_iters), desc=f"detector {s.arch}", unit="it",
+               disable=not (s.progress and rank.main))
     try:
         for iteration in range(start + 1, s.max_iters + 1):
-            images, targets, picked = sampler.sample(s.batch_size)
+            images, targets, picked = (sampler.sample(*rank.part(s.batch_size)) if rank.distributed
+                                       else sampler.sample(s.batch_size))
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                losses = model(images, targets)
+                losses = step_model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 ids = [train_data.images[k]["id"] for k in picked]
@@ -259,7 +270,7 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
                                          f"lower detector.lr (now {s.lr})")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if s.clip_grad_norm:
+            if s.clip_grad_norm:  # after backward, so of the all-reduced gradients
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad_norm)
             scaler.step(opt)
@@ -271,13 +282,13 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
             for k, v in values.items():
                 window["sums"][k] = window["sums"].get(k, 0.0) + v
             window["count"] += 1
-            window["images"] += len(images)
+            window["images"] += len(images) * rank.world  # the global batch
             bar.update(1)
 
             if iteration % s.log_interval == 0 or iteration == s.max_iters:
                 elapsed = time.perf_counter() - window_start
                 n = max(1, window["count"])
-                record = {k: v / n for k, v in window["sums"].items()}
+                record = dist.mean_over_ranks({k: v / n for k, v in window["sums"].items()}, rank, device)
                 record.update({"iteration": iteration, "lr": opt.param_groups[0]["lr"],
                                "images_per_s": window["images"] / max(elapsed, 1e-9),
                                "peak_memory_mb": peak_memory_mb(device)})
@@ -285,22 +296,23 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 window = {"sums": {}, "count": 0, "images": 0}
                 window_start = time.perf_counter()
-                if on_log:
+                if on_log and rank.main:
                     on_log({k: v for k, v in record.items() if k != "iteration"}, iteration)
-            if on_sample and grid_indices and (iteration % sample_interval == 0 or iteration == s.max_iters):
+            if rank.main and on_sample and grid_indices and (iteration % sample_interval == 0 or iteration == s.max_iters):
                 dest = s.work_dir / f"sample_{iteration:06d}.png"
                 samples.append(detection_grid(model, grid_data, grid_indices, s.score_threshold, dest,
                                               f"{s.arch} | iteration {iteration} | score >= {s.score_threshold}"))
                 on_sample(dest, iteration)
-            if iteration % s.checkpoint_interval == 0 or iteration == s.max_iters:
+            if rank.main and (iteration % s.checkpoint_interval == 0 or iteration == s.max_iters):
                 save(iteration)
+        dist.barrier(rank)  # the others wait for rank 0's last checkpoint, which the stage body publishes
     finally:
         bar.close()
         sampler.close()
     return DetectorTrainResult(
         checkpoint=latest, iterations=max(start, s.max_iters), resumed_from=start, history=history,
         seconds=time.perf_counter() - began, device=str(device), meta={**spec.meta(), "iteration": max(start, s.max_iters)},
-        labels=labels, samples=samples,
+        labels=labels, samples=samples, processes=rank.world,
     )
 
 

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from training import checkpoints as ckpt
+from training import distributed as dist
 from training.basicvsrpp import MODULE_GROUPS, BasicVSRPlusPlusNet, group_of
 from training.data import PairSampler, fixed_pair
 from training.restorer import pick_device
@@ -80,18 +81,31 @@ class TrainResult:
     frozen_params: int
     device: str
     labels: dict[str, str]
+    processes: int = 1  # data-parallel processes that trained it (training.launcher)
 
 
 Hook = Callable[[dict, int], None]
 
 
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean Charbonnier distance; with `weight` (broadcastable), the weighted mean."""
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12, weight: torch.Tensor | None = None,
+                weight_total: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Charbonnier distance; with `weight` (broadcastable), the weighted mean. `weight_total` replaces the
+    weights' own sum as the denominator: a rank's share of a global batch divides by the global batch's mean
+    share of weight, so that DDP's average over ranks is the global batch's weighted mean."""
     distance = torch.sqrt((pred - target) ** 2 + eps)
     if weight is None:
         return distance.mean()
     weight = weight.expand_as(distance)
-    return (distance * weight).sum() / weight.sum()
+    return (distance * weight).sum() / (weight.sum() if weight_total is None else weight_total)
+
+
+def _weight_share(weight: torch.Tensor | None, rank: dist.Rank, device: torch.device) -> torch.Tensor | None:
+    """The global batch's weight sum divided by the number of ranks (None: a single process uses its own)."""
+    if weight is None or not rank.distributed:
+        return None
+    total = weight.to(device).expand(-1, -1, 3, -1, -1).sum().detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / rank.world
 
 
 def region_weight(batch, region_loss_weight: float) -> torch.Tensor | None:
@@ -182,7 +196,9 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
           sampler=None, sample_batch=None) -> TrainResult:
     """`sampler` (anything with `sample(n) -> Batch`, `state()`, `load_state()`) replaces the dataset's pairs:
     the restoration base draws synthetic mosaics through it (training/restoration_base.py)."""
-    device = pick_device(s.device)
+    rank = dist.current()
+    device = dist.device_for(rank, pick_device(s.device))
+    dist.init(rank, device, dist.timeout_s())
     use_amp = s.amp and device.type == "cuda"
     s.work_dir.mkdir(parents=True, exist_ok=True)
     if sampler is None:
@@ -197,6 +213,15 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
     ema = ckpt.clone_frozen(generator) if s.ema_decay is not None else None
     gan = _Gan(s, device)
     labels.update(gan.labels)
+    if rank.distributed:
+        labels["distributed"] = (f"{rank.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), global batch "
+                                 f"{s.batch_size * rank.world} = {s.batch_size} per process")
+    # After freezing: DDP buckets only what requires gradients. The EMA is updated on every rank (the weights are
+    # equal after each all-reduced step, so are the EMAs); rank 0 saves it.
+    model = dist.wrap(generator, rank, device)
+    # The discriminator's own update goes through DDP; the generator's adversarial term calls the bare module
+    # (its parameters are frozen for that pass, so DDP must not wait for their gradients).
+    disc_step = dist.wrap(gan.disc, rank, device) if gan.disc is not None else None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
     start = 0
@@ -241,14 +266,16 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
     window_start, window_iters = time.perf_counter(), 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=s.max_iters, initial=start, desc=s.stage, unit="it", disable=not s.progress)
+    bar = tqdm(total=s.max_iters, initial=start, desc=s.stage, unit="it", disable=not (s.progress and rank.main))
     for iteration in range(start + 1, s.max_iters + 1):
-        batch = sampler.sample(s.batch_size)
+        batch = sampler.sample(*rank.part(s.batch_size)) if rank.distributed else sampler.sample(s.batch_size)
         lq, gt = batch.lq.to(device), batch.gt.to(device)
         weight = region_weight(batch, s.region_loss_weight)
+        weight_total = _weight_share(weight, rank, device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            out = generator(lq)
-            losses = {"loss_pix": charbonnier(out.float(), gt, weight=None if weight is None else weight.to(device))}
+            out = model(lq)
+            losses = {"loss_pix": charbonnier(out.float(), gt, weight=None if weight is None else weight.to(device),
+                                              weight_total=weight_total)}
             if gan.perceptual is not None:
                 losses["loss_perceptual"] = gan.perceptual(out.flatten(0, 1).float(), gt.flatten(0, 1))
             if gan.disc is not None:
@@ -265,8 +292,8 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
             for p in gan.disc.parameters():
                 p.requires_grad_(True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                real = gan.gan_loss(gan.disc(gt.flatten(0, 1)), True, is_disc=True)
-                fake = gan.gan_loss(gan.disc(out.detach().flatten(0, 1)), False, is_disc=True)
+                real = gan.gan_loss(disc_step(gt.flatten(0, 1)), True, is_disc=True)
+                fake = gan.gan_loss(disc_step(out.detach().flatten(0, 1)), False, is_disc=True)
             gan.opt_d.zero_grad(set_to_none=True)
             scaler.scale(real + fake).backward()
             scaler.step(gan.opt_d)
@@ -283,27 +310,30 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
 
         if iteration % s.log_interval == 0 or iteration == s.max_iters:
             elapsed = time.perf_counter() - window_start
-            record = {k: float(v.detach()) for k, v in losses.items()}
+            record = dist.mean_over_ranks({k: float(v.detach()) for k, v in losses.items()}, rank, device)
             record.update({
                 "iteration": iteration, "lr": opt_g.param_groups[0]["lr"], "iters_per_s": window_iters / max(elapsed, 1e-9),
                 "peak_memory_mb": peak_memory_mb(device),
             })
             history.append(record)
             bar.set_postfix(loss=f"{record['loss_pix']:.4f}")
-            if on_log:
+            if on_log and rank.main:
                 on_log({k: v for k, v in record.items() if k != "iteration"}, iteration)
             window_start, window_iters = time.perf_counter(), 0
-        if on_sample and sample_batch is not None and (iteration % s.sample_interval == 0 or iteration == s.max_iters):
+        if (rank.main and on_sample and sample_batch is not None
+                and (iteration % s.sample_interval == 0 or iteration == s.max_iters)):
             on_sample(_sample_grid(ema or generator, sample_batch, device, s.work_dir / f"sample_{iteration:06d}.png", iteration), iteration)
-        if iteration % s.checkpoint_interval == 0 or iteration == s.max_iters:
+        if rank.main and (iteration % s.checkpoint_interval == 0 or iteration == s.max_iters):
             save(iteration, latest)
     bar.close()
-    if start >= s.max_iters and not latest.is_file():
+    if rank.main and start >= s.max_iters and not latest.is_file():
         save(start, latest)
+    # The others wait for rank 0's last checkpoint, which the stage body publishes.
+    dist.barrier(rank)
     return TrainResult(
         checkpoint=latest, iterations=max(start, s.max_iters), resumed_from=start, history=history,
         seconds=time.perf_counter() - began, trainable_params=trainable, frozen_params=frozen, device=str(device),
-        labels=labels,
+        labels=labels, processes=rank.world,
     )
 
 
@@ -368,4 +398,5 @@ def summary(result: TrainResult) -> dict:
         "trainable_params": result.trainable_params,
         "frozen_params": result.frozen_params,
         "train_seconds": round(result.seconds, 2),
+        "processes": result.processes,
     }
