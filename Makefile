@@ -70,7 +70,7 @@ browser:
 	fi
 
 test: setup browser
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest -n 2 --dist loadfile
 
 # README screenshots of both UIs over this checkout's mlruns.db and dagster_home.
 screenshots: setup browser

@@ -100,6 +100,18 @@ def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_tracking_uri_from_an_earlier_module():
+    """The same for module-scoped fixtures (a track materialized once per module), which run before any test's
+    monkeypatch: under pytest-xdist a worker runs the modules in an order of its own, and the last module's store
+    leaked into the next module's stage runs (seen: the browser test's MLflow UI found no runs)."""
+    from orchestration import tracking
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    tracking._uri_we_set = None
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _no_inherited_tracking_uri(monkeypatch):
     """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, and a user's MLFLOW_TRACKING_URI wins over params.yaml.

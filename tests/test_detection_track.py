@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.expectations import validate_coco
+from orchestration import tracking
 from orchestration.runner import run_stage
 from tests.conftest import Project, need_media
 
@@ -69,13 +70,12 @@ def test_unified_coco_has_both_sources_splits_and_passes_its_suite(track):
 
 def test_report_has_map_per_category_and_the_model_is_registered(track):
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     metrics = json.loads(Path("data/reports/detection/metrics.json").read_text())
     for key in ("AP", "AP50", "AP50_plate"):
         assert key in metrics
     assert Path("data/reports/detection/report.html").is_file()
-    version = MlflowClient().get_model_version_by_alias("face-plate-detector", "challenger")
+    version = tracking.client(track[0].params()).get_model_version_by_alias("face-plate-detector", "challenger")
     assert int(version.version) == 1
     model = mlflow.pytorch.load_model("models:/face-plate-detector@challenger")
     assert hasattr(model, "forward")
@@ -88,7 +88,7 @@ def test_report_has_map_per_category_and_the_model_is_registered(track):
     for tracked in ("data/metrics/detector.json", "data/models/detector/train.json", "data/metrics/lora.json",
                     "data/models/anonymizer/train.json"):
         assert not TIMING_KEYS & set(json.loads(Path(tracked).read_text())), tracked
-    run = MlflowClient().get_run(track[1]["detector_checkpoint"].mlflow_run_id)
+    run = tracking.client(track[0].params()).get_run(track[1]["detector_checkpoint"].mlflow_run_id)
     assert run.data.tags["aubergine.stage"] == "detector_checkpoint"
 
 
@@ -108,7 +108,6 @@ def test_anonymizer_writes_metrics_samples_and_a_lora_a_stock_pipeline_loads(tra
     import numpy as np
     import torch
     from diffusers import StableDiffusionInpaintPipeline
-    from mlflow.tracking import MlflowClient
     from PIL import Image
 
     out = Path("data/models/anonymizer")
@@ -121,7 +120,7 @@ def test_anonymizer_writes_metrics_samples_and_a_lora_a_stock_pipeline_loads(tra
     train = json.loads((out / "train.json").read_text())
     assert train["tiny_stand_in"] is True and "stand-in" in train["base"]
 
-    client = MlflowClient()
+    client = tracking.client(track[0].params())
     run = client.get_run(track[1]["lora_checkpoint"].mlflow_run_id)
     assert run.data.tags["anonymizer.tiny_stand_in"] == "true"
     assert len(client.get_metric_history(run.info.run_id, "lora/l1")) >= 2
@@ -151,7 +150,6 @@ def test_anonymization_report_compares_four_methods_and_registers_a_loadable_pyf
     import mlflow
     import numpy as np
     import pandas as pd
-    from mlflow.tracking import MlflowClient
     from PIL import Image
 
     metrics = json.loads(Path("data/metrics/anonymization.json").read_text())
@@ -165,7 +163,7 @@ def test_anonymization_report_compares_four_methods_and_registers_a_loadable_pyf
     assert "pixelate" in html and "dlib" in html and "stand-in" in html.lower()
     assert list((report / "images").glob("*.png"))  # the method grids
 
-    client = MlflowClient()
+    client = tracking.client(track[0].params())
     version = client.get_model_version_by_alias("face-plate-anonymizer", "challenger")
     assert version.tags["identity_backend"].startswith("dlib")
     model = mlflow.pyfunc.load_model("models:/face-plate-anonymizer@challenger")
@@ -186,7 +184,6 @@ def _decisions() -> dict:
 def test_the_gate_rescores_champions_on_the_challengers_new_val_data(track):
     """Detector and anonymizer: v1 promoted, then the val split changes and the same weights are registered
     again (v2) measured on it; the gate re-scores each v1 champion on the new data before comparing."""
-    from mlflow.tracking import MlflowClient
 
     project, _ = track
     project.write_params(**TINY)
@@ -204,7 +201,7 @@ def test_the_gate_rescores_champions_on_the_challengers_new_val_data(track):
     for name in ("detection_report", "anonymization_report", "promoted_models"):
         run_stage(name, project.params())
     fair = _decisions()
-    client = MlflowClient()
+    client = tracking.client(track[0].params())
     for model, metric in (("face-plate-detector", "AP50"), ("face-plate-anonymizer", "reid_rate")):
         d = fair[model]
         assert d["challenger_version"] == 2 and "champion v1 re-scored on the challenger's data" in d["reasons"][0], d
