@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,12 @@ def binary(training: TrainingParams) -> str:
     return found
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def command(training: TrainingParams, stage: str, job: Path) -> list[str]:
     """The launcher's command line for `stage`: one process per `nproc_per_node`, on `nnodes` machines."""
     exe = binary(training)
@@ -58,7 +65,8 @@ def command(training: TrainingParams, stage: str, job: Path) -> list[str]:
                      "--rdzv-id", f"aubergine-{stage}"]
         return [exe, *where, "--nproc-per-node", str(training.nproc_per_node), "--max-restarts", "0", *worker]
     # accelerate's multi-process path is torch.distributed.run underneath (`--multi_gpu`), also for gloo on CPU.
-    host, _, port = (training.rdzv_endpoint or "127.0.0.1:29500").rpartition(":")
+    # One machine: a free port (as torchrun --standalone finds one), so two jobs on a box do not collide.
+    host, _, port = (training.rdzv_endpoint or f"127.0.0.1:{_free_port()}").rpartition(":")
     machines = ["--num_machines", str(training.nnodes), "--machine_rank", str(training.node_rank),
                 "--main_process_ip", host or "127.0.0.1", "--main_process_port", port]
     return [exe, "launch", "--multi_gpu", "--num_processes", str(training.world), *machines, "--mixed_precision", "no",

@@ -182,14 +182,15 @@ def _stage1_params(project, **training):
                                 mlflow__enabled=True, **{f"training__{k}": v for k, v in training.items()})
 
 
-def test_stage1_checkpoint_under_torchrun_publishes_once_and_logs_one_mlflow_run(project):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_stage1_checkpoint_under_a_launcher_publishes_once_and_logs_one_mlflow_run(project, launcher):
     from orchestration import tracking
     from orchestration.runner import run_stage
     from training.checkpoints import load_generator
 
     write_tiny_dataset(project.root / "data/datasets/restoration")
     (project.root / "data/datasets/restoration/index.json").write_text("{}")
-    _stage1_params(project, launcher="torchrun", nproc_per_node=2)
+    _stage1_params(project, launcher=launcher, nproc_per_node=2)
     report = run_stage("stage1_checkpoint", project.params())
 
     published = project.root / "data/models/restoration/stage1/generator.pth"
