@@ -177,9 +177,8 @@ def test_two_processes_train_the_detector_close_to_one_process_with_the_same_glo
 def _stage1_params(project, **training):
     from tests.test_restoration_track import TINY
 
-    stage1 = {k: v for k, v in TINY.items() if "__stage1__" in k}
-    return project.write_params(**stage1, profiles__embedded__restoration__stage1__max_iters=2,
-                                mlflow__enabled=True, **{f"training__{k}": v for k, v in training.items()})
+    stage1 = {k: v for k, v in TINY.items() if "__stage1__" in k} | {"profiles__embedded__restoration__stage1__max_iters": 2}
+    return project.write_params(**stage1, mlflow__enabled=True, **{f"training__{k}": v for k, v in training.items()})
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
