@@ -26,7 +26,6 @@ from orchestration.config import Params, TrainingParams
 from orchestration.stage_io import StageOutput
 
 JOBS = Path(".cache/launch")
-BINARIES = {"torchrun": "torchrun", "accelerate": "accelerate"}
 
 
 class LauncherError(RuntimeError):
@@ -35,7 +34,7 @@ class LauncherError(RuntimeError):
 
 def binary(training: TrainingParams) -> str:
     """The launcher's executable: beside this interpreter (the project's environment) first, then PATH."""
-    name = BINARIES[training.launcher]
+    name = training.launcher  # the executable is called as the launcher is named
     beside = Path(sys.executable).with_name(name)
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
@@ -86,22 +85,21 @@ def _output_from_json(data: dict) -> StageOutput:
 def run_distributed(stage: str, params: Params, mlflow_run_id: str | None, tracking_uri: str | None) -> StageOutput:
     """Run `stage`'s body under the configured launcher and return rank 0's StageOutput."""
     training = params.training
-    cmd_probe = binary(training)  # a missing launcher is said before any work
     JOBS.mkdir(parents=True, exist_ok=True)
     job = Path(tempfile.mkdtemp(prefix=f"{stage}-", dir=JOBS))
     try:
+        cmd = command(training, stage, job)  # finds the launcher: a missing one is said before any work
         (job / "params.json").write_text(params.model_dump_json())
         env = {**os.environ, "AUBERGINE_DIST_TIMEOUT_S": str(training.timeout_s)}
         env.pop("MLFLOW_RUN_ID", None)
         if mlflow_run_id and tracking_uri:
             env.update({"MLFLOW_RUN_ID": mlflow_run_id, "MLFLOW_TRACKING_URI": tracking_uri})
-        cmd = command(training, stage, job)
         print(f"{stage}: {training.launcher} with {training.nproc_per_node} process(es) per machine x {training.nnodes} "
               f"machine(s): {' '.join(cmd)}", flush=True)
         # The workers' output (progress bars, logs) goes straight to this process's terminal or log.
         done = subprocess.run(cmd, env=env)
         if done.returncode != 0:
-            raise LauncherError(f"{stage}: the {training.launcher} job ({Path(cmd_probe).name}, "
+            raise LauncherError(f"{stage}: the {training.launcher} job ({Path(cmd[0]).name}, "
                                 f"{training.world} processes) exited with {done.returncode}; the failing rank's error "
                                 f"is printed above. A re-run resumes from the last checkpoint.")
         result = job / "output.json"

@@ -199,8 +199,7 @@ def train_detector(s: DetectorTrainSettings, on_log: Hook | None = None,
     labels = {"init": init,
               "data": f"{len(train_data)} train images, {train_data.box_count()} boxes ({s.train_json})"}
     if rank.distributed:
-        labels["distributed"] = (f"{rank.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), global batch "
-                                 f"{s.batch_size * rank.world} = {s.batch_size} per process")
+        labels["distributed"] = dist.describe(rank, device, s.batch_size)
     # The backbone's frozen stages (requires_grad=False) stay outside DDP's buckets.
     step_model = dist.wrap(model, rank, device)
     opt = _optimizer(model, s)

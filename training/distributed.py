@@ -87,8 +87,10 @@ def wrap(model: torch.nn.Module, rank: Rank, device: torch.device) -> torch.nn.M
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+def describe(rank: Rank, device: torch.device, per_process: int) -> str:
+    """The run label a distributed training carries (train.json, MLflow)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    return f"{rank.world} processes ({backend}), global batch {per_process * rank.world} = {per_process} per process"
 
 
 def mean_over_ranks(values: dict[str, float], rank: Rank, device: torch.device) -> dict[str, float]:

@@ -214,8 +214,7 @@ def train(s: TrainSettings, on_log: Hook | None = None, on_sample: Callable[[Pat
     gan = _Gan(s, device)
     labels.update(gan.labels)
     if rank.distributed:
-        labels["distributed"] = (f"{rank.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), global batch "
-                                 f"{s.batch_size * rank.world} = {s.batch_size} per process")
+        labels["distributed"] = dist.describe(rank, device, s.batch_size)
     # After freezing: DDP buckets only what requires gradients. The EMA is updated on every rank (the weights are
     # equal after each all-reduced step, so are the EMAs); rank 0 saves it.
     model = dist.wrap(generator, rank, device)
