@@ -146,12 +146,16 @@ def run_lora_checkpoint(params: Params) -> StageOutput:
         tracking.log_image(path, f"val_samples/step{step:04d}")
 
     result = train_anonymizer(settings, on_log, on_sample, validate=_validator(params))
+    from training import distributed as dist
+
+    if not dist.current().main:  # under a launcher only rank 0 publishes
+        return StageOutput()
     last = _last_csv_row(result.metrics_csv)
     done = result.steps - result.resumed_from
     summary = {
         "steps": result.steps, "resumed_from": result.resumed_from, "train_seconds": round(result.seconds, 2),
         "steps_per_s": run_rate(done, result.seconds), "trainable_params": result.trainable_params,
-        "frozen_params": result.frozen_params, "tiny_stand_in": info.tiny_random,
+        "frozen_params": result.frozen_params, "tiny_stand_in": info.tiny_random, "processes": result.processes,
         "validated_on_val": int(settings.val_json is not None),
         **{k: v for k, v in last.items() if k != "step" and not (isinstance(v, float) and math.isnan(v))},
     }

@@ -255,6 +255,7 @@ STAGES: tuple[Stage, ...] = (
         plots=((str(anonymization_stages.LORA / anonymization_stages.METRICS_CSV), "step",
                 ("l1", "perceptual", "arcface_mean_sim")),),
         pool="gpu",
+        distributed=True,
     ),
     Stage(
         name="anonymization_report",

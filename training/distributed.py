@@ -94,13 +94,38 @@ def describe(rank: Rank, device: torch.device, per_process: int) -> str:
 
 
 def mean_over_ranks(values: dict[str, float], rank: Rank, device: torch.device) -> dict[str, float]:
-    """Logged losses as the mean over all ranks' shares (what the global batch scored), not rank 0's alone."""
-    if not rank.distributed or not values:
+    """Logged losses as the mean over the ranks that have them (what the global batch scored), not rank 0's alone.
+    Gathered as objects, because a rank may lack a term (the anonymizer's identity loss without a face in its
+    share); called at logging steps only."""
+    if not rank.distributed:
         return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return {k: float(v) / rank.world for k, v in zip(keys, t.tolist())}
+    gathered: list[dict[str, float]] = [{} for _ in range(rank.world)]
+    torch.distributed.all_gather_object(gathered, values)
+    keys = sorted({k for g in gathered for k in g})
+    return {k: sum(g[k] for g in gathered if k in g) / sum(1 for g in gathered if k in g) for k in keys}
+
+
+def share_of_total(value: torch.Tensor, rank: Rank) -> torch.Tensor:
+    """The global batch's sum of `value` divided by the number of ranks: the denominator that turns a rank's
+    weighted sum into its part of the global weighted mean (DDP then averages the ranks)."""
+    if not rank.distributed:
+        return value
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / rank.world
+
+
+def average_gradients(params, rank: Rank) -> None:
+    """All-reduce (mean) the gradients of `params` after `backward`, for a loop that cannot hand its module to DDP:
+    the anonymizer switches LoRA adapters inside a step, so some adapters get no gradient on a rank (DDP's reducer
+    would need find_unused_parameters). A missing gradient counts as zero, as it does in a single process."""
+    if not rank.distributed:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(rank.world)
 
 
 def barrier(rank: Rank) -> None:

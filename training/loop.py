@@ -103,9 +103,7 @@ def _weight_share(weight: torch.Tensor | None, rank: dist.Rank, device: torch.de
     """The global batch's weight sum divided by the number of ranks (None: a single process uses its own)."""
     if weight is None or not rank.distributed:
         return None
-    total = weight.to(device).expand(-1, -1, 3, -1, -1).sum().detach().clone()
-    torch.distributed.all_reduce(total)
-    return total / rank.world
+    return dist.share_of_total(weight.to(device).expand(-1, -1, 3, -1, -1).sum(), rank)
 
 
 def region_weight(batch, region_loss_weight: float) -> torch.Tensor | None:

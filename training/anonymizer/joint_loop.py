@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from evaluation.identity import ARCFACE_SHA256
 from training import checkpoints as ckpt
+from training import distributed as dist
 from training.anonymizer import generator as gen
 from training.anonymizer.data import RegionSample, balanced_subset, load_region_samples
 from training.anonymizer.face_embedder import box_chips
@@ -168,6 +169,7 @@ class AnonymizerTrainResult:
     val_dirs: list[Path]
     base_dir: Path = Path()  # the frozen base phase 1 used (model_dir or the warmed folder)
     detector_out: Path | None = None
+    processes: int = 1  # data-parallel processes that trained it (training.launcher)
 
 
 LogHook = Callable[[dict, int], None]
@@ -221,9 +223,10 @@ def _anchor(sample: RegionSample, rng: np.random.Generator, s: AnonymizerTrainSe
 
 
 def _make_batch(samples: list[RegionSample], picks: list[int], step: int, s: AnonymizerTrainSettings,
-                device: torch.device) -> _Batch:
+                device: torch.device, slots: list[int] | None = None) -> _Batch:
+    """`slots`: the picks' positions in the global batch (a rank's share), which seed their fake texts."""
     targets, texts = [], []
-    for k, i in enumerate(picks):
+    for k, i in zip(slots if slots is not None else range(len(picks)), picks):
         # Seeded by (seed, step, slot): a resumed run renders the same fake text without carrying any state.
         target, text = _anchor(samples[i], np.random.default_rng([s.seed, step, k]), s)
         targets.append(target)
@@ -361,8 +364,10 @@ def _warm_up_vae(vae, samples: list[RegionSample], s: AnonymizerTrainSettings, d
 
 
 def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: torch.device,
-             dtype: torch.dtype) -> Path:
-    """Self-reconstruction of the whole base UNet; returns the warmed pipeline folder."""
+             dtype: torch.dtype, rank: dist.Rank = dist.Rank()) -> Path:
+    """Self-reconstruction of the whole base UNet; returns the warmed pipeline folder. Data-parallel like the
+    LoRA phase (global batch drawn on every rank, gradients averaged); the stand-in's VAE warm-up runs whole on
+    every rank (same seed and data, so the same VAE); rank 0 writes the folder."""
     from assets.atomic import atomic_dir
 
     dest = s.work_dir / WARM_DIR
@@ -387,15 +392,19 @@ def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: to
     noise_gen = torch.Generator().manual_seed(s.seed + 102)
     prompts = {k: gen.encode_prompts(comps, [p])[0] for k, p in (("face", s.prompt_face), ("plate", s.prompt_plate))}
     sched = comps.noise_scheduler
-    for step in tqdm(range(1, s.pretrain_steps + 1), desc="warm-up: UNet", unit="step", disable=not s.progress):
-        picks = sampler.next(s.batch_size)
+    global_batch, share = rank.part(s.batch_size)
+    for step in tqdm(range(1, s.pretrain_steps + 1), desc="warm-up: UNet", unit="step",
+                     disable=not (s.progress and rank.main)):
+        drawn = sampler.next(global_batch)
+        picks = [drawn[i] for i in share]
         image = to_tensor([samples[i].image for i in picks]).to(device)
         mask = torch.from_numpy(np.stack([samples[i].mask for i in picks])).float()[:, None].to(device)
         with torch.no_grad():
             lat = encode(comps.vae, image).float()
             cond = encode(comps.vae, masked_image(image, mask)).float()
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(picks),), generator=noise_gen).to(device)
-        noise = torch.randn(lat.shape, generator=noise_gen).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (global_batch,), generator=noise_gen)
+        t = t[share.start:share.stop].to(device)
+        noise = torch.randn((global_batch, *lat.shape[1:]), generator=noise_gen)[share.start:share.stop].to(device)
         noisy = sched.add_noise(lat, noise, t)
         ehs = torch.cat([prompts[samples[i].kind] for i in picks])
         with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
@@ -405,11 +414,15 @@ def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: to
             raise FloatingPointError(f"warm-up: loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        dist.average_gradients(list(unet.parameters()), rank)
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(unet.parameters(), s.grad_clip)
         scaler.step(opt)
         scaler.update()
     unet.eval().requires_grad_(False)
+    if not rank.main:
+        dist.barrier(rank)  # rank 0 writes the folder
+        return dest
     pipe_cls = gen._pipeline_class(s.variant)
     with atomic_dir(dest) as tmp:
         pipe = pipe_cls.from_pretrained(str(s.model_dir), unet=unet, vae=comps.vae)
@@ -417,6 +430,7 @@ def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: to
         if (s.model_dir / gen.TINY_MARKER).is_file():  # still the random stand-in, warmed: keep its label
             (tmp / gen.TINY_MARKER).write_bytes((s.model_dir / gen.TINY_MARKER).read_bytes())
         (tmp / WARM_MARKER).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+    dist.barrier(rank)
     return dest
 
 
@@ -425,9 +439,11 @@ def _warm_up(s: AnonymizerTrainSettings, samples: list[RegionSample], device: to
 
 def train_anonymizer(s: AnonymizerTrainSettings, on_log: LogHook | None = None, on_sample: SampleHook | None = None,
                      validate: Validate | None = None) -> AnonymizerTrainResult:
-    device = pick_device(s.device)
+    rank = dist.current()
+    device = dist.device_for(rank, pick_device(s.device))
+    dist.init(rank, device, dist.timeout_s())
     with _deterministic(device):
-        return _train(s, device, on_log, on_sample, validate)
+        return _train(s, device, on_log, on_sample, validate, rank)
 
 
 def _check_settings(s: AnonymizerTrainSettings) -> dict[str, int]:
@@ -444,7 +460,13 @@ def _check_settings(s: AnonymizerTrainSettings) -> dict[str, int]:
     return freq
 
 
-def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, validate) -> AnonymizerTrainResult:
+def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, validate,
+           rank: dist.Rank = dist.Rank()) -> AnonymizerTrainResult:
+    """Data-parallel under a launcher (training/distributed.py): every rank draws the global batch (samples,
+    timesteps, noise) and computes its share; the weighted means divide by the global batch's weights; the LoRA,
+    discriminator and detector gradients are averaged over the ranks before clipping (explicitly, not by DDP:
+    the per-kind adapters leave some LoRA weights without a gradient on a rank). Rank 0 warms the base up,
+    validates, and writes checkpoints and the LoRA."""
     freq = _check_settings(s)
     s.work_dir = Path(s.work_dir)
     s.model_dir = Path(s.model_dir)
@@ -464,7 +486,7 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
 
     base_dir = s.model_dir
     if s.pretrain_steps > 0:
-        base_dir = _warm_up(s, train_samples, device, dtype)
+        base_dir = _warm_up(s, train_samples, device, dtype, rank)
         labels["warm_up"] = (f"{s.pretrain_steps} self-reconstruction steps"
                              + (f" after {s.pretrain_vae_steps} VAE reconstruction steps" if s.pretrain_vae_steps else "")
                              + f" -> {base_dir}")
@@ -669,20 +691,24 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
     window: list[dict] = []  # every step's losses since the last validation row
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=s.max_steps, initial=start, desc="anonymizer", unit="step", disable=not s.progress)
+    if rank.distributed:
+        labels["distributed"] = dist.describe(rank, device, s.batch_size)
+    bar = tqdm(total=s.max_steps, initial=start, desc="anonymizer", unit="step", disable=not (s.progress and rank.main))
     T = sched.config.num_train_timesteps
+    global_batch, share = rank.part(s.batch_size)
     for step in range(start + 1, s.max_steps + 1):
-        picks = sampler.next(s.batch_size)
-        batch = _make_batch(train_samples, picks, step, s, device)
+        drawn = sampler.next(global_batch)
+        picks = [drawn[i] for i in share]
+        batch = _make_batch(train_samples, picks, step, s, device, slots=list(share))
         B = len(picks)
         do_g = step % freq["generator"] == 0
         do_d = disc is not None and step % freq["discriminator"] == 0
         do_det = detector is not None and step % freq["detector"] == 0
-        t = torch.randint(0, T, (B,), generator=noise_gen).to(device)
+        t = torch.randint(0, T, (global_batch,), generator=noise_gen)[share.start:share.stop].to(device)
         with torch.no_grad():
             lat = encode(vae, batch.target).float()
             cond = encode(vae, masked_image(batch.image, batch.mask)).float()
-        noise = torch.randn(lat.shape, generator=noise_gen).to(device)
+        noise = torch.randn((global_batch, *lat.shape[1:]), generator=noise_gen)[share.start:share.stop].to(device)
         noisy = sched.add_noise(lat, noise, t)
         m_lat = mask_latent(batch.mask, lat.shape[-2:])
         groups = ([(k, [j for j, kd in enumerate(batch.kinds) if kd == k]) for k in KINDS] if s.separate_adapters
@@ -706,21 +732,24 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                 composite = batch.image * (1 - soft) + decoded * soft
                 if do_g:
                     w = sched.alphas_cumprod.to(device)[t].float()
-                    wn = w / w.sum()
+                    wn = w / dist.share_of_total(w.sum(), rank)
                     losses["diffusion"] = F.mse_loss(preds, _diffusion_target(sched, lat, noise, t))
                     losses["l1"] = (_l1_terms(decoded, batch) * wn).sum()
                     if perceptual is not None:
                         losses["perceptual"] = perceptual((composite + 1) / 2, (batch.target + 1) / 2)
                     faces = [j for j, kd in enumerate(batch.kinds) if kd == "face"]
-                    if embedder is not None and s.id_suppress_weight > 0 and faces:
-                        fi = torch.tensor(faces, device=device)
-                        boxes = [batch.boxes[j] for j in faces]
-                        with torch.no_grad():
-                            e_orig = embedder.embed(_chips(batch.image[fi], boxes, embedder.chip_size))
-                        e_anon = embedder.embed(_chips(composite[fi], boxes, embedder.chip_size))
-                        sim = embedder.similarity(e_orig, e_anon)
-                        losses["id_suppress"] = (F.relu(sim - s.id_margin) * w[fi]).sum() / w[fi].sum()
-                        losses["id_sim"] = sim.detach().mean()
+                    if embedder is not None and s.id_suppress_weight > 0:
+                        # Every rank takes part in the denominator's all-reduce, also one without a face.
+                        fi = torch.tensor(faces, device=device, dtype=torch.long)
+                        face_weight = dist.share_of_total(w[fi].sum(), rank)
+                        if faces and float(face_weight) > 0:
+                            boxes = [batch.boxes[j] for j in faces]
+                            with torch.no_grad():
+                                e_orig = embedder.embed(_chips(batch.image[fi], boxes, embedder.chip_size))
+                            e_anon = embedder.embed(_chips(composite[fi], boxes, embedder.chip_size))
+                            sim = embedder.similarity(e_orig, e_anon)
+                            losses["id_suppress"] = (F.relu(sim - s.id_margin) * w[fi]).sum() / face_weight
+                            losses["id_sim"] = sim.detach().mean()
                     if disc is not None:
                         losses["adv"] = gan_loss(disc(composite), True, is_disc=False)
             if do_g:
@@ -733,6 +762,7 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                 losses["loss_g"] = loss_g
                 opt_g.zero_grad(set_to_none=True)
                 scaler.scale(loss_g).backward()
+                dist.average_gradients(lora_params, rank)
                 scaler.unscale_(opt_g)
                 torch.nn.utils.clip_grad_norm_(lora_params, s.grad_clip)
                 scaler.step(opt_g)
@@ -744,6 +774,7 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                               + gan_loss(disc(fake), False, is_disc=True))
                 opt_d.zero_grad(set_to_none=True)
                 scaler.scale(loss_d).backward()
+                dist.average_gradients(list(disc.parameters()), rank)
                 scaler.unscale_(opt_d)
                 torch.nn.utils.clip_grad_norm_(disc.parameters(), s.grad_clip)
                 scaler.step(opt_d)
@@ -758,6 +789,7 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
                 loss_det = sum(detector(images, det_targets).values())
                 opt_det.zero_grad(set_to_none=True)
                 loss_det.backward()
+                dist.average_gradients(det_params, rank)
                 torch.nn.utils.clip_grad_norm_(det_params, s.grad_clip)
                 opt_det.step()
                 losses["loss_detector"] = loss_det
@@ -768,22 +800,30 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
 
         if step % s.log_every_steps == 0 or step == s.max_steps:
             elapsed = time.perf_counter() - window_start
-            entry = {**record, "step": step, "lr": opt_g.param_groups[0]["lr"],
+            entry = {**dist.mean_over_ranks(record, rank, device), "step": step, "lr": opt_g.param_groups[0]["lr"],
                      "steps_per_s": window_steps / max(elapsed, 1e-9), "peak_memory_mb": peak_memory_mb(device)}
             history.append(entry)
             if "loss_g" in record:
                 bar.set_postfix(loss_g=f"{record['loss_g']:.4f}")
-            if on_log:
+            if on_log and rank.main:
                 on_log({k: v for k, v in entry.items() if k != "step"}, step)
             window_start, window_steps = time.perf_counter(), 0
         if val_samples and (step % s.val_every_steps == 0 or step == s.max_steps):
-            run_validation(step, window)
+            if rank.main:
+                run_validation(step, window)
             window = []
-        if step % s.save_every_steps == 0 or step == s.max_steps:
+        if rank.main and (step % s.save_every_steps == 0 or step == s.max_steps):
             save(step)
     bar.close()
-    if start >= s.max_steps and not latest.is_file():
+    if rank.main and start >= s.max_steps and not latest.is_file():
         save(start)
+    dist.barrier(rank)
+    if not rank.main:  # rank 0 writes the LoRA, the tuned detector and the metrics
+        return AnonymizerTrainResult(
+            checkpoint=latest, steps=max(start, s.max_steps), resumed_from=start, history=history,
+            seconds=time.perf_counter() - began, trainable_params=trainable, frozen_params=frozen, device=str(device),
+            labels=labels, lora_dir=s.work_dir / "lora", metrics_csv=metrics_csv, val_dirs=[], base_dir=base_dir,
+            processes=rank.world)
 
     lora_dir = s.work_dir / "lora"
     if s.separate_adapters:
@@ -803,5 +843,5 @@ def _train(s: AnonymizerTrainSettings, device: torch.device, on_log, on_sample, 
         checkpoint=latest, steps=max(start, s.max_steps), resumed_from=start, history=history,
         seconds=time.perf_counter() - began, trainable_params=trainable, frozen_params=frozen, device=str(device),
         labels=labels, lora_dir=lora_dir, metrics_csv=metrics_csv, val_dirs=val_dirs, base_dir=base_dir,
-        detector_out=detector_out,
+        detector_out=detector_out, processes=rank.world,
     )
