@@ -26,7 +26,7 @@ WORK_SIDE = 480  # flow runs on a grey copy at most this large: faces and plates
 @dataclass
 class _Followed:
     detection: Detection
-    box: np.ndarray  # x0, y0, x1, y1 in full-frame pixels
+    box: np.ndarray | None  # x0, y0, x1, y1 in full-frame pixels; None once lost
 
 
 class BoxFlow:
@@ -51,21 +51,28 @@ class BoxFlow:
         self._boxes = [_Followed(d, np.asarray(d.box, dtype=np.float64)) for d in detections]
 
     def step(self, frame: np.ndarray) -> list[Detection]:
+        return [d for d in self.follow(frame) if d is not None]
+
+    def follow(self, frame: np.ndarray) -> list[Detection | None]:
+        """One entry per keyframe detection, in order: its box carried to `frame`, or None once the flow has lost
+        it (a lost box stays lost until the next `start`)."""
         gray = self._prepare(frame)
-        kept = []
+        h, w = frame.shape[:2]
+        out: list[Detection | None] = []
         for followed in self._boxes:
-            moved = self._move(self._gray, gray, followed.box * self._scale)
-            if moved is None:
-                continue
-            h, w = frame.shape[:2]
-            box = moved / self._scale
-            box = np.array([max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3])])
-            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
-                continue
+            box = None
+            if followed.box is not None:
+                moved = self._move(self._gray, gray, followed.box * self._scale)
+                if moved is not None:
+                    box = moved / self._scale
+                    box = np.array([max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3])])
+                    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                        box = None
             followed.box = box
-            kept.append(followed)
-        self._boxes, self._gray = kept, gray
-        return [Detection(f.detection.kind, tuple(float(v) for v in f.box), f.detection.score) for f in kept]
+            out.append(None if box is None else
+                       Detection(followed.detection.kind, tuple(float(v) for v in box), followed.detection.score))
+        self._gray = gray
+        return out
 
     @staticmethod
     def _move(prev: np.ndarray, cur: np.ndarray, box: np.ndarray) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""`region_tracks`: detect faces/plates on every frame, link them into tracks, smooth, cut scenes, and write
+"""`region_tracks`: detect faces/plates (every n-th frame, flow between: assets/sparse_detection.py), link them into tracks, smooth, cut scenes, and write
 each scene's mask video (crop_unscaled_mask content)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 from tqdm import tqdm
 
 from assets.atomic import write_json
-from assets.box_flow import BoxFlow
 from assets.content_groups import frame_signature, sample_indices
 from assets.detect import build_detector
 from assets.lada_meta import scene_name
+from assets.sparse_detection import SparseDetection
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks, region_mask
 from assets.video import MASK_ENCODER, VideoError, VideoWriter, read_frames
 
@@ -30,27 +30,22 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     """`trained`: the loader of the trained face/plate detector (see `assets.detect.build_detector`)."""
     path = Path(clip["path"])
     detector = build_detector(path, detection, trained)
-    detections: list[list] = []
     sampled = set(sample_indices(clip["frames"]))
     signature: list[str] = []  # perceptual hashes of sampled frames: copies of this clip share its split
     frames = tqdm(read_frames(path, stop=clip["frames"]), total=clip["frames"], desc=f"detect {clip['clip_id']}", unit="frame", leave=False, disable=None)
-    # Boxes read from a sidecar cost nothing: every frame then. Otherwise the detectors run every n-th frame and
-    # optical flow carries their boxes through the frames between (assets/box_flow.py), or nothing does ("none").
-    every = 1 if getattr(detector, "reads_sidecar", False) else detection.every_n_frames
-    flow = BoxFlow() if every > 1 and detection.between == "flow" else None
+    # Boxes read from a sidecar cost nothing: every frame then. Otherwise the detectors run every n-th frame,
+    # optical flow carries their boxes through the frames between and the detectors check where regions start,
+    # end or the flow breaks (assets/sparse_detection.py), or nothing fills the frames between ("none").
+    sparse = SparseDetection(detector, detection.every_n_frames, carry=detection.between == "flow",
+                             max_gap=tracking.max_gap_frames)
     for index, frame in enumerate(frames):
-        if index % every == 0:
-            found = detector(frame, index)
-            if flow is not None:
-                flow.start(frame, found)
-        else:
-            found = flow.step(frame) if flow is not None else []
-        detections.append(found)
+        sparse.push(frame)
         if index in sampled:
             signature.append(frame_signature(frame))
+    detections = sparse.finish()
     if len(detections) < clip["frames"]:
         raise VideoError(f"{path}: decoded {len(detections)} of {clip['frames']} frames")
-    max_gap = tracking.max_gap_frames + every - 1
+    max_gap = tracking.max_gap_frames + sparse.every - 1
     tracks, dropped = filter_tracks(associate(detections, tracking.iou_threshold, max_gap),
                                     tracking.min_track_detections, tracking.min_track_score)
     height, width = clip["height"], clip["width"]
@@ -70,6 +65,8 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
         "height": height,
         "detections": int(sum(len(d) for d in detections)),
         "frames_with_detections": int(sum(bool(d) for d in detections)),
+        "frames_detected": sparse.calls,  # whole frames the detectors ran on (all of them when every_n_frames is 1)
+        "local_detections": sparse.local_calls,  # crops around a known box (assets/sparse_detection.py)
         "tracks_dropped": dropped,
         "tracks": [
             {"id": t.id, "kind": t.kind, "start": t.start, "stop": t.start + len(t.boxes),

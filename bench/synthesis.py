@@ -361,7 +361,7 @@ def recall(clips: list[dict], params, out: Path) -> None:
         print("\nrecall: detection runs on every frame (detection.every_n_frames = 1): nothing to compare")
         return
     reference = replace_detection(params, every_n_frames=1)
-    rows = []
+    rows, looked = [], [0, 0]
     for clip in clips:
         track_clip(clip, out / "recall-reference", reference.detection, params.tracking)
         track_clip(clip, out / "recall-fast", params.detection, params.tracking)
@@ -369,13 +369,18 @@ def recall(clips: list[dict], params, out: Path) -> None:
         fast = json.loads((out / "recall-fast" / f"{clip['clip_id']}.json").read_text())
         rows.append(compare(ref, fast))
         one = summarize(rows[-1:])
+        looked[0] += fast.get("frames_detected", 0)
+        looked[1] += fast.get("local_detections", 0)
         print(f"  recall {clip['clip_id']:<24} scenes {rows[-1]['scenes_found']}/{rows[-1]['scenes']}  region IoU "
-              f"{one['mean_region_iou']:.3f}  box IoU {one['mean_box_iou']:.3f} ({rows[-1]['boxes']} boxes)")
+              f"{one['mean_region_iou']:.3f}  box IoU {one['mean_box_iou']:.3f} ({rows[-1]['boxes']} boxes)  "
+              f"detectors on {fast.get('frames_detected', '?')} of {clip['frames']} frames + "
+              f"{fast.get('local_detections', '?')} crops")
     total = summarize(rows)
     d = params.detection
     print(f"recall against detection on every frame (detection every {d.every_n_frames} frames, between: {d.between}): "
           f"scenes {total['scene_recall']:.1%} of {total['scenes']} (aim >= 98%), mean region IoU "
-          f"{total['mean_region_iou']:.3f}, mean box IoU {total['mean_box_iou']:.3f} over {total['boxes']} boxes (aim >= 0.9)")
+          f"{total['mean_region_iou']:.3f}, mean box IoU {total['mean_box_iou']:.3f} over {total['boxes']} boxes (aim >= 0.9); "
+          f"whole-frame detection on {looked[0]} of {sum(c['frames'] for c in clips)} frames, {looked[1]} crops")
 
 
 def replace_detection(params, **changes):

@@ -5,7 +5,8 @@ Images: regions from the `detection` section's detectors (or a `<image>.coco.jso
 anonymized with a seed derived from `seed` and its index, written in the output's format.
 
 Videos, two decoding passes as `aubergine restore` does:
-1. detect on every `detection.every_n_frames`-th frame, link detections into tracks (`assets.tracks`), fill a
+1. detect on every `detection.every_n_frames`-th frame (flow between, local looks where regions start, end or
+   are lost: `assets.sparse_detection`), link detections into tracks (`assets.tracks`), fill a
    track's missed frames by interpolation (privacy first: a face the detector lost for a frame is still
    replaced) and widen each box by `anonymize.box_margin`;
 2. anonymize every frame. Temporal consistency: each track has one seed (`track_seed`), so a person keeps
@@ -34,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from assets.atomic import atomic_dir, atomic_path, write_json
+from assets.sparse_detection import SparseDetection
 from assets.tracks import associate, fill_gaps, iou
 from assets.video import VideoError, probe_video, read_frames
 from evaluation.flicker import FlickerMeter
@@ -246,11 +248,13 @@ def video_regions(path: Path, params, opts: Options, total: int, width: int, hei
     Returns (regions by frame, detections, frames decoded)."""
     detector = _detector(path, params)
     every = params.detection.every_n_frames
-    detections: list[list] = []
     frames = tqdm(read_frames(path, stop=stop), total=total if stop is None else min(stop, total),
                   desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
-    for index, frame in enumerate(frames):
-        detections.append(detector(frame, index) if index % every == 0 else [])
+    sparse = SparseDetection(detector, every, carry=params.detection.between == "flow",
+                             max_gap=params.tracking.max_gap_frames)
+    for frame in frames:
+        sparse.push(frame)
+    detections = sparse.finish()
     tracks = associate(detections, params.tracking.iou_threshold, params.tracking.max_gap_frames + every - 1)
     by_frame: dict[int, list[FrameRegion]] = {}
     for track in tracks:

@@ -37,6 +37,7 @@ from assets.atomic import atomic_path
 from assets.detect import CombinedDetector, SidecarCoco, build_detector
 from assets.mosaic import apply_mosaic, sample_spec, scene_rng
 from assets.region_tracks import full_frame_mask, scenes_by_frame
+from assets.sparse_detection import SparseDetection
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks
 from assets.video import VideoError, prefetch, probe_video, read_frames
 from inference.blend import blend_into
@@ -164,14 +165,21 @@ def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, 
     # frames to detect on go to the detector `detection_batch_size` at a time (--mosaic-detection-batch-size).
     decoded = prefetch(read_frames(path, stop=total, hw_decode=rp.hw_decode), rp.detector_queue_size)  # total: what decodes (probe)
     frames = tqdm(decoded, total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
-    for index, frame in enumerate(frames):
-        detections.append([])
-        if index % detection.every_n_frames == 0:
-            batch.append((index, frame))
-            if len(batch) >= rp.detection_batch_size:
-                flush()
-    if batch:
-        flush()
+    if detection.every_n_frames > 1 and detection.between == "flow":
+        # Keyframes, flow between and local looks (assets/sparse_detection.py): frame by frame, not batched.
+        sparse = SparseDetection(detector, detection.every_n_frames, max_gap=params.tracking.max_gap_frames)
+        for frame in frames:
+            sparse.push(frame)
+        detections = sparse.finish()
+    else:
+        for index, frame in enumerate(frames):
+            detections.append([])
+            if index % detection.every_n_frames == 0:
+                batch.append((index, frame))
+                if len(batch) >= rp.detection_batch_size:
+                    flush()
+        if batch:
+            flush()
     tracking = params.tracking.model_copy(update={"max_scene_frames": max_clip_length, "min_scene_frames": 1})
     tracks = associate(detections, tracking.iou_threshold, tracking.max_gap_frames + detection.every_n_frames - 1)
     tracks, dropped = filter_tracks(tracks, tracking.min_track_detections, tracking.min_track_score)

@@ -83,8 +83,9 @@ class DetectionParams(_Strict):
     plate_min_neighbors: PositiveInt = 4
     max_side: PositiveInt = 1280
     every_n_frames: PositiveInt = 1
-    # Between two detected frames: "flow" carries the boxes by optical flow (assets/box_flow.py), "none" leaves
-    # the frames empty for association to bridge. A clip with a sidecar of boxes is read on every frame.
+    # Between two keyframes: "flow" carries the boxes by optical flow and looks near a box where a region starts,
+    # ends or is lost (assets/sparse_detection.py); "none" leaves the frames empty for association to bridge.
+    # A clip with a sidecar of boxes is read on every frame.
     between: Literal["flow", "none"] = "flow"
     min_box_size: PositiveInt = 12
     sidecar_suffix: str = ".coco.json"
