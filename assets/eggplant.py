@@ -20,7 +20,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-INPAINT_MAX_SIDE = 96  # the fill is smooth by nature; inpainting a downscaled crop costs far less
+# The fill is smooth by nature; inpainting a downscaled crop costs far less. 96 -> 64 px: 2.5 -> 1.4 ms a
+# frame for a 130-px face, the composited GT looks the same (max pixel difference 31, mean 0.05, at the edge).
+INPAINT_MAX_SIDE = 64
 
 
 class SpriteError(FileNotFoundError):
@@ -66,8 +68,7 @@ def fill_region(frame: np.ndarray, mask: np.ndarray, bbox) -> None:
     small_m = cv2.dilate(small_m, np.ones((3, 3), np.uint8))
     filled = cv2.inpaint(small, small_m, 3, cv2.INPAINT_TELEA)
     big = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
-    sel = m > 0
-    crop[sel] = big[sel]
+    np.copyto(crop, big, where=(m > 0)[..., None])
 
 
 COVER_PAD = 0.35  # canvas around the turned sprite, per side, as a share of its size: what the colours extend into
@@ -133,8 +134,9 @@ class EggplantCompositor:
         x0, y0, x1, y1 = region
         h, w = frame.shape[:2]
         m = max(2, (x1 - x0) // 4)
-        outer = frame[max(0, y0 - m) : min(h, y1 + m), max(0, x0 - m) : min(w, x1 + m)].astype(np.float32)
-        total = outer.reshape(-1, 3).sum(axis=0) - frame[y0:y1, x0:x1].astype(np.float32).reshape(-1, 3).sum(axis=0)
+        outer = frame[max(0, y0 - m) : min(h, y1 + m), max(0, x0 - m) : min(w, x1 + m)]
+        # OpenCV's sums of the uint8 pixels: exact (float64 holds them), and no float copy of the crop.
+        total = (np.array(cv2.sumElems(outer)[:3]) - np.array(cv2.sumElems(frame[y0:y1, x0:x1])[:3])).astype(np.float32)
         count = outer.shape[0] * outer.shape[1] - (y1 - y0) * (x1 - x0)
         mean = total / max(1, count) / 255.0
         # An exponential average keeps the tint from flickering with every frame's content.
@@ -189,12 +191,16 @@ class EggplantCompositor:
             return out
         big = cv2.resize(canvas, (tw, th), interpolation=cv2.INTER_AREA if kx < 1 else cv2.INTER_LINEAR)
         gain = 1.0 + self.color_match * (ring / np.maximum(self.sprite_mean, 1e-3) - 1.0)
-        rgb = np.clip(big[dy0 - py : dy1 - py, dx0 - px : dx1 - px] * gain, 0, 1)
+        # In 0..255 and in place (base + (sprite - base) * alpha): a third of the passes over the crop.
+        rgb = big[dy0 - py : dy1 - py, dx0 - px : dx1 - px] * (gain * 255).astype(np.float32)
+        np.clip(rgb, 0, 255, out=rgb)
         alpha = mask[dy0:dy1, dx0:dx1].astype(np.float32) / 255.0
         sigma = self.edge_feather * min(rw, rh) / 4
         if sigma > 0.3:  # soften only inwards: the GT never paints outside the mask
             alpha = cv2.GaussianBlur(alpha, (0, 0), sigma) * (alpha > 0)
-        alpha = alpha[..., None]
-        base = out[dy0:dy1, dx0:dx1].astype(np.float32) / 255.0
-        out[dy0:dy1, dx0:dx1] = np.round((rgb * alpha + base * (1 - alpha)) * 255).astype(np.uint8)
+        base = out[dy0:dy1, dx0:dx1].astype(np.float32)
+        rgb -= base
+        rgb *= alpha[..., None]
+        rgb += base
+        out[dy0:dy1, dx0:dx1] = np.rint(rgb).astype(np.uint8)
         return out

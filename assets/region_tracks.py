@@ -13,7 +13,7 @@ from assets.atomic import write_json
 from assets.content_groups import frame_signature, sample_indices
 from assets.detect import build_detector
 from assets.lada_meta import scene_name
-from assets.sparse_detection import SparseDetection
+from assets.sparse_detection import sparse_detection
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks, region_mask
 from assets.video import MASK_ENCODER, VideoError, VideoWriter, read_frames
 
@@ -36,8 +36,7 @@ def track_clip(clip: dict, out_dir: Path, detection, tracking, trained=None) -> 
     # Boxes read from a sidecar cost nothing: every frame then. Otherwise the detectors run every n-th frame,
     # optical flow carries their boxes through the frames between and the detectors check where regions start,
     # end or the flow breaks (assets/sparse_detection.py), or nothing fills the frames between ("none").
-    sparse = SparseDetection(detector, detection.every_n_frames, carry=detection.between == "flow",
-                             max_gap=tracking.max_gap_frames)
+    sparse = sparse_detection(detector, detection, tracking.max_gap_frames)
     for index, frame in enumerate(frames):
         sparse.push(frame)
         if index in sampled:

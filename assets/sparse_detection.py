@@ -106,7 +106,8 @@ class SparseDetection:
         if x1 - x0 < 8 or y1 - y0 < 8:
             return []
         self.local_calls += 1
-        found = self._detect(np.ascontiguousarray(frame[y0:y1, x0:x1]), index)
+        detect = self._detect.for_kind(kind) if hasattr(self._detect, "for_kind") else self._detect
+        found = detect(np.ascontiguousarray(frame[y0:y1, x0:x1]), index)
         return [Detection(d.kind, (d.box[0] + x0, d.box[1] + y0, d.box[2] + x0, d.box[3] + y0), d.score)
                 for d in found if d.kind == kind]
 
@@ -226,3 +227,51 @@ class SparseDetection:
                 continue
             self.out[j].append(previous)
             current, misses = previous, 0
+
+
+class PerDetector:
+    """Each detector of a `CombinedDetector` on its own keyframes (a `SparseDetection` each, merged per frame):
+    the plate cascade costs 2.5x YuNet a frame on the sample clips, and plates move with the camera, which the
+    flow follows, so `detection.plate_every_n_frames` may be longer than the faces' interval. A detector that
+    reports several kinds runs at the shortest of their intervals."""
+
+    def __init__(self, combined, every: dict[str, int], carry: bool = True, max_gap: int = 0, default: int = 1):
+        from assets.detect import CombinedDetector
+
+        def interval(detector) -> int:
+            kinds = getattr(detector, "kinds", ())
+            return min(every.get(k, default) for k in kinds) if kinds else default
+
+        # Anything else (a bare detect function) is one detector of unknown kinds.
+        detectors = combined.detectors if hasattr(combined, "detectors") else [combined]
+        self._parts = [SparseDetection(CombinedDetector([d]) if hasattr(combined, "detectors") else d, interval(d),
+                                       carry, max_gap) for d in detectors]
+        self._frames = 0
+
+    @property
+    def every(self) -> int:
+        return max((p.every for p in self._parts), default=1)
+
+    @property
+    def calls(self) -> int:
+        return sum(p.calls for p in self._parts)
+
+    @property
+    def local_calls(self) -> int:
+        return sum(p.local_calls for p in self._parts)
+
+    def push(self, frame: np.ndarray) -> None:
+        self._frames += 1
+        for part in self._parts:
+            part.push(frame)
+
+    def finish(self) -> list[list[Detection]]:
+        outs = [part.finish() for part in self._parts]
+        return [[d for out in outs for d in out[i]] for i in range(self._frames)]
+
+
+def sparse_detection(detector, detection, max_gap: int) -> PerDetector:
+    """The sparse path as the `detection` params section configures it, for `detector` (a CombinedDetector)."""
+    every = {"face": detection.every_n_frames, "plate": detection.plate_every_n_frames or detection.every_n_frames}
+    return PerDetector(detector, every, carry=detection.between == "flow", max_gap=max_gap,
+                       default=detection.every_n_frames)

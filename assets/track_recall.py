@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def iou(a, b) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from assets.tracks import iou
 
 
 def _frame_boxes(record: dict) -> dict[int, list[tuple[str, list[float]]]]:

@@ -30,6 +30,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
+from assets.tracks import iou
 from assets.weights import verify_weights
 from evaluation.images import as_rgb
 
@@ -107,14 +108,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def _area(box: Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class DlibIdentity:
@@ -324,7 +317,7 @@ def select_backend(arcface_pack: str | Path | None = None, **arcface_options) ->
 def _best_overlap(found: list[tuple[Box, np.ndarray, float]], box: Box, min_iou: float = 0.3) -> np.ndarray | None:
     best, best_iou = None, min_iou
     for b, landmarks, _ in found:
-        if (overlap := _iou(b, box)) >= best_iou:
+        if (overlap := iou(b, box)) >= best_iou:
             best, best_iou = landmarks, overlap
     return best
 
@@ -414,7 +407,7 @@ def every_face_scores(orig_images: Sequence[np.ndarray], anon_images: Sequence[n
         anon_found = [f.box for f in backend.embed(anon)]
         for face in found:
             faces += 1
-            still_detected += int(any(_iou(face.box, b) >= min_iou for b in anon_found))
+            still_detected += int(any(iou(face.box, b) >= min_iou for b in anon_found))
             again = backend.embed(anon, face.box)
             row = {"image": i, "box": [round(float(v), 1) for v in face.box]}
             if not again:

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from assets.atomic import atomic_dir, atomic_path, write_json
-from assets.sparse_detection import SparseDetection
+from assets.sparse_detection import sparse_detection
 from assets.tracks import associate, fill_gaps, iou
 from assets.video import VideoError, probe_video, read_frames
 from evaluation.flicker import FlickerMeter
@@ -247,15 +247,13 @@ def video_regions(path: Path, params, opts: Options, total: int, width: int, hei
     """Pass 1: per frame, the tracked regions to anonymize (of the first `stop` frames when given).
     Returns (regions by frame, detections, frames decoded)."""
     detector = _detector(path, params)
-    every = params.detection.every_n_frames
     frames = tqdm(read_frames(path, stop=stop), total=total if stop is None else min(stop, total),
                   desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
-    sparse = SparseDetection(detector, every, carry=params.detection.between == "flow",
-                             max_gap=params.tracking.max_gap_frames)
+    sparse = sparse_detection(detector, params.detection, params.tracking.max_gap_frames)
     for frame in frames:
         sparse.push(frame)
     detections = sparse.finish()
-    tracks = associate(detections, params.tracking.iou_threshold, params.tracking.max_gap_frames + every - 1)
+    tracks = associate(detections, params.tracking.iou_threshold, params.tracking.max_gap_frames + sparse.every - 1)
     by_frame: dict[int, list[FrameRegion]] = {}
     for track in tracks:
         boxes = fill_gaps(track.boxes)

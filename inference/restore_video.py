@@ -37,7 +37,7 @@ from assets.atomic import atomic_path
 from assets.detect import CombinedDetector, SidecarCoco, build_detector
 from assets.mosaic import apply_mosaic, sample_spec, scene_rng
 from assets.region_tracks import full_frame_mask, scenes_by_frame
-from assets.sparse_detection import SparseDetection
+from assets.sparse_detection import sparse_detection
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks
 from assets.video import VideoError, prefetch, probe_video, read_frames
 from inference.blend import blend_into
@@ -141,9 +141,12 @@ def mosaic_model_regions(params):
 
 
 def for_mosaic_regions(params):
-    """`params` whose track rule fits mosaic detectors: `mosaic_detector.min_track_score` for the mean score."""
-    return params.model_copy(update={"tracking": params.tracking.model_copy(
-        update={"min_track_score": params.mosaic_detector.min_track_score})})
+    """`params` whose track rule fits mosaic detectors: `mosaic_detector.min_track_score` for the mean score, and
+    detection on every frame, batched (as lada-cli does): `detection.every_n_frames` is the face/plate detectors'
+    knob, and the sparse path's local looks would show the trained mosaic detector crops it never saw in training."""
+    return params.model_copy(update={
+        "tracking": params.tracking.model_copy(update={"min_track_score": params.mosaic_detector.min_track_score}),
+        "detection": params.detection.model_copy(update={"every_n_frames": 1})})
 
 
 def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, width: int, height: int,
@@ -165,9 +168,10 @@ def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, 
     # frames to detect on go to the detector `detection_batch_size` at a time (--mosaic-detection-batch-size).
     decoded = prefetch(read_frames(path, stop=total, hw_decode=rp.hw_decode), rp.detector_queue_size)  # total: what decodes (probe)
     frames = tqdm(decoded, total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
+    sparse = None
     if detection.every_n_frames > 1 and detection.between == "flow":
         # Keyframes, flow between and local looks (assets/sparse_detection.py): frame by frame, not batched.
-        sparse = SparseDetection(detector, detection.every_n_frames, max_gap=params.tracking.max_gap_frames)
+        sparse = sparse_detection(detector, detection, params.tracking.max_gap_frames)
         for frame in frames:
             sparse.push(frame)
         detections = sparse.finish()
@@ -181,7 +185,8 @@ def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, 
         if batch:
             flush()
     tracking = params.tracking.model_copy(update={"max_scene_frames": max_clip_length, "min_scene_frames": 1})
-    tracks = associate(detections, tracking.iou_threshold, tracking.max_gap_frames + detection.every_n_frames - 1)
+    every = sparse.every if sparse is not None else detection.every_n_frames
+    tracks = associate(detections, tracking.iou_threshold, tracking.max_gap_frames + every - 1)
     tracks, dropped = filter_tracks(tracks, tracking.min_track_detections, tracking.min_track_score)
     scenes = build_scenes(tracks, fps, width, height, tracking)
     scenes.sort(key=lambda s: (s.start, s.id))

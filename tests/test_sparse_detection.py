@@ -119,3 +119,48 @@ def test_flow_drift_is_corrected_towards_the_next_keyframe():
 def test_every_must_be_positive(every):
     with pytest.raises(ValueError, match="every_n_frames"):
         SparseDetection(lambda f, i: [], every)
+
+
+def test_a_local_look_runs_only_the_detectors_of_the_region_s_kind():
+    from assets.detect import CombinedDetector
+
+    class Plates:
+        kinds = ("plate",)
+
+        def __init__(self):
+            self.crops = 0
+
+        def __call__(self, frame, index):
+            self.crops += frame.shape[:2] != (240, 320)
+            return []
+
+    frames, _ = _clip(40, range(5, 27))
+    faces, plates = Oracle(), Plates()
+    faces.kinds = ("face",)
+    _, sparse = _run(frames, CombinedDetector([faces, plates]), every=8)
+    assert faces.crops == sparse.local_calls > 0 and plates.crops == 0
+
+
+def test_each_detector_runs_on_its_own_keyframes_and_the_boxes_are_merged():
+    from types import SimpleNamespace
+
+    from assets.detect import CombinedDetector
+    from assets.sparse_detection import sparse_detection
+
+    class Plates(Oracle):
+        kinds = ("plate",)
+
+        def __call__(self, frame, index):
+            return [Detection("plate", d.box, d.score) for d in super().__call__(frame, index)]
+
+    frames, truth = _clip(50, range(0, 50))
+    faces, plates = Oracle(), Plates()
+    faces.kinds = ("face",)
+    params = SimpleNamespace(every_n_frames=8, plate_every_n_frames=24, between="flow")
+    sparse = sparse_detection(CombinedDetector([faces, plates]), params, max_gap=0)
+    for frame in frames:
+        sparse.push(frame)
+    out = sparse.finish()
+    assert sorted(faces.seen) == [0, 8, 16, 24, 32, 40, 48, 49] and sorted(plates.seen) == [0, 24, 48, 49]
+    assert sparse.calls == 12 and sparse.every == 24
+    assert all(sorted(d.kind for d in out[i]) == ["face", "plate"] for i in range(50))  # both carried on every frame
