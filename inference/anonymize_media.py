@@ -5,8 +5,8 @@ Images: regions from the `detection` section's detectors (or a `<image>.coco.jso
 anonymized with a seed derived from `seed` and its index, written in the output's format.
 
 Videos, two decoding passes as `aubergine restore` does:
-1. detect on every `detection.every_n_frames`-th frame (flow between, local looks where regions start, end or
-   are lost: `assets.sparse_detection`), link detections into tracks (`assets.tracks`), fill a
+1. detect on every frame (`anonymize.video_detection: every_frame`), or on the detection section's keyframes
+   with flow between and local looks (`detection`, `assets.sparse_detection`), link detections into tracks (`assets.tracks`), fill a
    track's missed frames by interpolation (privacy first: a face the detector lost for a frame is still
    replaced) and widen each box by `anonymize.box_margin`;
 2. anonymize every frame. Temporal consistency: each track has one seed (`track_seed`), so a person keeps
@@ -249,7 +249,10 @@ def video_regions(path: Path, params, opts: Options, total: int, width: int, hei
     detector = _detector(path, params)
     frames = tqdm(read_frames(path, stop=stop), total=total if stop is None else min(stop, total),
                   desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
-    sparse = sparse_detection(detector, params.detection, params.tracking.max_gap_frames)
+    detection = params.detection
+    if params.anonymize.video_detection == "every_frame":
+        detection = detection.model_copy(update={"every_n_frames": 1, "plate_every_n_frames": None})
+    sparse = sparse_detection(detector, detection, params.tracking.max_gap_frames)
     for frame in frames:
         sparse.push(frame)
     detections = sparse.finish()

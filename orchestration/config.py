@@ -83,7 +83,7 @@ class DetectionParams(_Strict):
     plate_min_neighbors: PositiveInt = 4
     max_side: PositiveInt = 1280
     every_n_frames: PositiveInt = 8  # README, Performance: recall and cost against every frame
-    plate_every_n_frames: PositiveInt | None = 24  # the plate detectors' interval; None = every_n_frames
+    plate_every_n_frames: PositiveInt | None = 12  # the plate detectors' interval; None = every_n_frames
     # Between two keyframes: "flow" carries the boxes by optical flow and looks near a box where a region starts,
     # ends or is lost (assets/sparse_detection.py); "none" leaves the frames empty for association to bridge.
     # A clip with a sidecar of boxes is read on every frame.
@@ -315,6 +315,10 @@ class AnonymizeParams(_Strict):
     device: str = "auto"
     batch_size: PositiveInt = 4  # regions denoised per UNet call
     box_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # detector boxes widened by this share per side
+    # Videos: detect on every frame by default. A face the sparse path misses is a face left visible, and on the
+    # 40-clip library of bench/incremental.py it missed a few short scenes (README, Performance); "detection"
+    # = the detection section's every_n_frames / plate_every_n_frames / between, as the lineage uses them.
+    video_detection: Literal["every_frame", "detection"] = "every_frame"
     # Temporal consistency on video: where a track's box barely moved (IoU with its previous box at least
     # reuse_iou), start from the previous output frame there, re-noised to track_strength of the fresh noise
     # level (and that share of the steps). 1.0 = every frame from scratch (each still with the track's seed).

@@ -164,3 +164,18 @@ def test_each_detector_runs_on_its_own_keyframes_and_the_boxes_are_merged():
     assert sorted(faces.seen) == [0, 8, 16, 24, 32, 40, 48, 49] and sorted(plates.seen) == [0, 24, 48, 49]
     assert sparse.calls == 12 and sparse.every == 24
     assert all(sorted(d.kind for d in out[i]) == ["face", "plate"] for i in range(50))  # both carried on every frame
+
+
+def test_a_keyframe_that_misses_a_carried_region_looks_again_on_a_crop():
+    frames, truth = _clip(30, range(0, 30))
+
+    class WholeFrameMisses(Oracle):
+        def __call__(self, frame, index):
+            if frame.shape[:2] == (240, 320) and index == 8:
+                self.seen.append(index)
+                return []  # the whole-frame pass misses the face on keyframe 8; a crop does not
+            return super().__call__(frame, index)
+
+    out, _ = _run(frames, WholeFrameMisses(), every=8)
+    hits, _ = _covered(out, truth)
+    assert hits == list(range(30))
