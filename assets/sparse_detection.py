@@ -41,6 +41,9 @@ MATCH_IOU = 0.3  # a carried box and a detection of the same kind overlapping th
 NEAR = 1.0  # a local look covers the box grown by this many box sizes on every side
 NEAR_LOST = 1.5  # ... and a lost box's (the region moved faster than the flow could follow)
 MIN_CROP = 48  # px: the detectors need some context around a small box
+# Crop looks on one frame before the whole frame is cheaper (then run once and reused): a detector at a low
+# score threshold reports dozens of regions, and a look for each would cost more than detecting on every frame.
+MAX_LOOKS = 4
 
 DetectFn = Callable[[np.ndarray, int], list[Detection]]
 
@@ -88,6 +91,7 @@ class SparseDetection:
         self._last_key: int | None = None
         self._frames: dict[int, np.ndarray] = {}  # the last `_window` frames, for the backward looks
         self._seen: dict[int, list[Detection]] = {}  # whole-frame results on those frames
+        self._looks: dict[int, int] = {}  # crop looks on those frames
         self._chains: list[_Chain] = []  # aligned with the boxes the flow follows
 
     # ------------------------------------------------------------------------------------------ detectors
@@ -108,6 +112,9 @@ class SparseDetection:
         frame = self._frames.get(index)
         if frame is None:
             return []
+        if self._looks.get(index, 0) >= MAX_LOOKS:
+            return [d for d in self._detect_at(index, frame) if d.kind == kind]
+        self._looks[index] = self._looks.get(index, 0) + 1
         h, w = frame.shape[:2]
         bw, bh = box[2] - box[0], box[3] - box[1]
         mx, my = max(grow * bw, (MIN_CROP - bw) / 2), max(grow * bh, (MIN_CROP - bh) / 2)
@@ -131,6 +138,7 @@ class SparseDetection:
             for old in [j for j in self._frames if j <= index - self._window]:
                 del self._frames[old]
                 self._seen.pop(old, None)
+                self._looks.pop(old, None)
         if self._last_key is None or index - self._last_key >= self.every:
             self._keyframe(index, frame, self._follow(frame))
             return

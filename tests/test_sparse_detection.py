@@ -179,3 +179,25 @@ def test_a_keyframe_that_misses_a_carried_region_looks_again_on_a_crop():
     out, _ = _run(frames, WholeFrameMisses(), every=8)
     hits, _ = _covered(out, truth)
     assert hits == list(range(30))
+
+
+def test_many_regions_cost_at_most_a_few_crops_and_one_whole_frame_per_frame():
+    from assets.sparse_detection import MAX_LOOKS
+
+    class Crowd:
+        """A detector at a score threshold of 0: dozens of boxes on every whole frame, none on any crop."""
+
+        def __init__(self):
+            self.crops, self.whole = 0, 0
+
+        def __call__(self, frame, index):
+            if frame.shape[:2] != (240, 320):
+                self.crops += 1
+                return []
+            self.whole += 1
+            return [Detection("face", (x, y, x + 20.0, y + 20.0), 0.1) for x in range(0, 300, 30) for y in range(0, 200, 40)]
+
+    frames = [np.full((240, 320, 3), 90, np.uint8) for _ in range(17)]
+    crowd = Crowd()
+    _run(frames, crowd, every=8)
+    assert crowd.whole <= 17 and crowd.crops <= MAX_LOOKS * 17
