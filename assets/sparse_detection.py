@@ -38,8 +38,9 @@ from assets.detect import Detection
 from assets.tracks import iou
 
 MATCH_IOU = 0.3  # a carried box and a detection of the same kind overlapping this much are the same region
-NEAR = 1.0  # a local look covers the box grown by this many box sizes on every side
-NEAR_LOST = 1.5  # ... and a lost box's (the region moved faster than the flow could follow)
+# A local look covers the box grown by this many box sizes on every side, and a detection whose centre lies
+# within this many box sizes of the box's is the same region (it moved faster than the flow could follow).
+NEAR = 1.5
 MIN_CROP = 48  # px: the detectors need some context around a small box
 # Crop looks on one frame before the whole frame is cheaper (then run once and reused): a detector at a low
 # score threshold reports dozens of regions, and a look for each would cost more than detecting on every frame.
@@ -61,13 +62,13 @@ def _best_match(box, kind: str, candidates: list[Detection]) -> Detection | None
     return best[1] if best[0] >= MATCH_IOU else None
 
 
-def _nearest(box, kind: str, candidates: list[Detection], reach: float = 1.0) -> Detection | None:
-    """The same-kind detection closest to `box`'s centre within `reach` box sizes: a fast region (the bikes clip:
+def _nearest(box, kind: str, candidates: list[Detection]) -> Detection | None:
+    """The same-kind detection closest to `box`'s centre within NEAR box sizes: a fast region (the bikes clip:
     a 30-px face moving 20-35 px a frame) overlaps its box of the frame before too little for an overlap test."""
     cx, cy, size = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(box[2] - box[0], box[3] - box[1])
     close = [(np.hypot((d.box[0] + d.box[2]) / 2 - cx, (d.box[1] + d.box[3]) / 2 - cy), d) for d in candidates
              if d.kind == kind]
-    close = [(dist, d) for dist, d in close if dist <= reach * size]
+    close = [(dist, d) for dist, d in close if dist <= NEAR * size]
     return min(close, key=lambda p: p[0])[1] if close else None
 
 
@@ -102,13 +103,16 @@ class SparseDetection:
             self._seen[index] = self._detect(frame, index)
         return self._seen[index]
 
-    def _detect_near(self, index: int, box, kind: str, grow: float = NEAR) -> list[Detection]:
-        """Detections of `kind` on a crop of frame `index` around `box` (the whole frame's, if it was run)."""
-        if index in self._seen:
-            return [d for d in self._seen[index] if d.kind == kind]
-        return self._detect_near_crop(index, box, kind, grow)
+    def _find_near(self, index: int, region: Detection, second_look: bool = False) -> Detection | None:
+        """`region` on frame `index`: the nearest detection of its kind, from the whole-frame pass where that ran
+        (unless `second_look`), else from a crop around the region's box."""
+        if index in self._seen and not second_look:
+            found = [d for d in self._seen[index] if d.kind == region.kind]
+        else:
+            found = self._detect_crop(index, region.box, region.kind)
+        return _nearest(region.box, region.kind, found)
 
-    def _detect_near_crop(self, index: int, box, kind: str, grow: float = NEAR_LOST) -> list[Detection]:
+    def _detect_crop(self, index: int, box, kind: str) -> list[Detection]:
         frame = self._frames.get(index)
         if frame is None:
             return []
@@ -117,7 +121,7 @@ class SparseDetection:
         self._looks[index] = self._looks.get(index, 0) + 1
         h, w = frame.shape[:2]
         bw, bh = box[2] - box[0], box[3] - box[1]
-        mx, my = max(grow * bw, (MIN_CROP - bw) / 2), max(grow * bh, (MIN_CROP - bh) / 2)
+        mx, my = max(NEAR * bw, (MIN_CROP - bw) / 2), max(NEAR * bh, (MIN_CROP - bh) / 2)
         x0, y0 = max(0, int(box[0] - mx)), max(0, int(box[1] - my))
         x1, y1 = min(w, int(np.ceil(box[2] + mx))), min(h, int(np.ceil(box[3] + my)))
         if x1 - x0 < 8 or y1 - y0 < 8:
@@ -176,9 +180,7 @@ class SparseDetection:
                 chains.append(chain)
                 continue
             last = chain.boxes[max(chain.boxes)] if chain.boxes else None
-            again = None
-            if last is not None:
-                again = _nearest(last.box, last.kind, self._detect_near(index, last.box, last.kind, NEAR_LOST), NEAR_LOST)
+            again = self._find_near(index, last) if last is not None else None
             if again is None:
                 self._trim(chain)
                 continue
@@ -202,7 +204,7 @@ class SparseDetection:
                 continue
             # The whole frame missed a region the flow still carries: detectors miss a face for a frame now and
             # then (the cartoon: 21 of 30 frames), and a crop is a second look at it.
-            again = _nearest(box.box, box.kind, self._detect_near_crop(index, box.box, box.kind), NEAR_LOST)
+            again = self._find_near(index, box, second_look=True)
             if again is not None and all(again is not d for d in found):
                 found.append(again)
                 matches[ci] = len(found) - 1
@@ -235,7 +237,7 @@ class SparseDetection:
         """Remove a region's carried boxes, newest first, until the detectors confirm one."""
         for j in sorted(chain.boxes, reverse=True):
             box = chain.boxes[j]
-            if _nearest(box.box, box.kind, self._detect_near(j, box.box, box.kind, NEAR_LOST), NEAR_LOST) is not None:
+            if self._find_near(j, box) is not None:
                 return
             self.out[j] = [d for d in self.out[j] if d is not box]
 
@@ -246,8 +248,7 @@ class SparseDetection:
         for j in range(index - 1, index - self._window, -1):
             if j not in self._frames or _best_match(current.box, current.kind, self.out[j]) is not None:
                 return  # no longer kept, or already followed there
-            previous = _nearest(current.box, current.kind,
-                                self._detect_near(j, current.box, current.kind, NEAR_LOST), NEAR_LOST)
+            previous = self._find_near(j, current)
             if previous is None:
                 misses += 1
                 if misses > self.max_gap:
@@ -270,10 +271,10 @@ class PerDetector:
             kinds = getattr(detector, "kinds", ())
             return min(every.get(k, default) for k in kinds) if kinds else default
 
-        # Anything else (a bare detect function) is one detector of unknown kinds.
-        detectors = combined.detectors if hasattr(combined, "detectors") else [combined]
-        self._parts = [SparseDetection(CombinedDetector([d]) if hasattr(combined, "detectors") else d, interval(d),
-                                       carry, max_gap) for d in detectors]
+        if hasattr(combined, "detectors"):
+            self._parts = [SparseDetection(CombinedDetector([d]), interval(d), carry, max_gap) for d in combined.detectors]
+        else:  # a bare detect function: one detector of unknown kinds
+            self._parts = [SparseDetection(combined, interval(combined), carry, max_gap)]
         self._frames = 0
 
     @property
@@ -296,6 +297,16 @@ class PerDetector:
     def finish(self) -> list[list[Detection]]:
         outs = [part.finish() for part in self._parts]
         return [[d for out in outs for d in out[i]] for i in range(self._frames)]
+
+
+def on_every_frame(detection) -> bool:
+    """Whether the `detection` params section runs every detector on every frame (no sparse path)."""
+    return detection.every_n_frames == 1 and (detection.plate_every_n_frames or 1) == 1
+
+
+def every_frame(detection):
+    """The `detection` params section with every detector on every frame."""
+    return detection.model_copy(update={"every_n_frames": 1, "plate_every_n_frames": None})
 
 
 def sparse_detection(detector, detection, max_gap: int) -> PerDetector:

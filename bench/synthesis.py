@@ -367,13 +367,14 @@ def recall(clips: list[dict], params, out: Path) -> None:
     import json
 
     from assets.region_tracks import track_clip
+    from assets.sparse_detection import every_frame, on_every_frame
     from assets.track_recall import compare, summarize
 
     d = params.detection
-    if d.every_n_frames == 1 and (d.plate_every_n_frames or 1) == 1:
+    if on_every_frame(d):
         print("\nrecall: detection runs on every frame (detection.every_n_frames = 1): nothing to compare")
         return
-    reference = replace_detection(params, every_n_frames=1, plate_every_n_frames=None)
+    reference = params.model_copy(update={"detection": every_frame(d)})
     rows, looked = [], [0, 0, 0]
     for clip in clips:
         track_clip(clip, out / "recall-reference", reference.detection, params.tracking)
@@ -396,10 +397,6 @@ def recall(clips: list[dict], params, out: Path) -> None:
           f"scenes {total['scene_recall']:.1%} of {total['scenes']} (aim >= 98%), mean region IoU "
           f"{total['mean_region_iou']:.3f}, mean box IoU {total['mean_box_iou']:.3f} over {total['boxes']} boxes (aim >= 0.9); "
           f"whole-frame detector runs {looked[0]} of {looked[2]} (every frame), {looked[1]} crops")
-
-
-def replace_detection(params, **changes):
-    return params.model_copy(update={"detection": params.detection.model_copy(update=changes)})
 
 
 # ---------------------------------------------------------------------------------------------------------

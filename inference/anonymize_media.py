@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from assets.atomic import atomic_dir, atomic_path, write_json
-from assets.sparse_detection import sparse_detection
+from assets.sparse_detection import every_frame, sparse_detection
 from assets.tracks import associate, fill_gaps, iou
 from assets.video import VideoError, probe_video, read_frames
 from evaluation.flicker import FlickerMeter
@@ -251,7 +251,7 @@ def video_regions(path: Path, params, opts: Options, total: int, width: int, hei
                   desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
     detection = params.detection
     if params.anonymize.video_detection == "every_frame":
-        detection = detection.model_copy(update={"every_n_frames": 1, "plate_every_n_frames": None})
+        detection = every_frame(detection)
     sparse = sparse_detection(detector, detection, params.tracking.max_gap_frames)
     for frame in frames:
         sparse.push(frame)

@@ -37,7 +37,7 @@ from assets.atomic import atomic_path
 from assets.detect import CombinedDetector, SidecarCoco, build_detector
 from assets.mosaic import apply_mosaic, sample_spec, scene_rng
 from assets.region_tracks import full_frame_mask, scenes_by_frame
-from assets.sparse_detection import sparse_detection
+from assets.sparse_detection import every_frame, on_every_frame, sparse_detection
 from assets.tracks import Scene, associate, build_scenes, cut_and_pad, filter_tracks
 from assets.video import VideoError, prefetch, probe_video, read_frames
 from inference.blend import blend_into
@@ -146,7 +146,7 @@ def for_mosaic_regions(params):
     knob, and the sparse path's local looks would show the trained mosaic detector crops it never saw in training."""
     return params.model_copy(update={
         "tracking": params.tracking.model_copy(update={"min_track_score": params.mosaic_detector.min_track_score}),
-        "detection": params.detection.model_copy(update={"every_n_frames": 1})})
+        "detection": every_frame(params.detection)})
 
 
 def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, width: int, height: int,
@@ -169,7 +169,7 @@ def find_scenes(path: Path, detector, params, max_clip_length: int, fps: float, 
     decoded = prefetch(read_frames(path, stop=total, hw_decode=rp.hw_decode), rp.detector_queue_size)  # total: what decodes (probe)
     frames = tqdm(decoded, total=total, desc=f"detect {path.name}", unit="frame", leave=False, disable=bar_disabled(progress))
     sparse = None
-    if detection.every_n_frames > 1 and detection.between == "flow":
+    if not on_every_frame(detection) and detection.between == "flow":
         # Keyframes, flow between and local looks (assets/sparse_detection.py): frame by frame, not batched.
         sparse = sparse_detection(detector, detection, params.tracking.max_gap_frames)
         for frame in frames:
