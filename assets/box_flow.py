@@ -81,11 +81,11 @@ class BoxFlow:
         x1, y1 = min(prev.shape[1], x1), min(prev.shape[0], y1)
         if x1 - x0 < 4 or y1 - y0 < 4:
             return None
-        mask = np.zeros(prev.shape, np.uint8)
-        mask[y0:y1, x0:x1] = 255
-        points = cv2.goodFeaturesToTrack(prev, MAX_POINTS, 0.01, max(2.0, min(x1 - x0, y1 - y0) / 10), mask=mask)
+        # Corners of the box's own pixels: with a mask instead, OpenCV scores every pixel of the frame per box.
+        points = cv2.goodFeaturesToTrack(prev[y0:y1, x0:x1], MAX_POINTS, 0.01, max(2.0, min(x1 - x0, y1 - y0) / 10))
         if points is None or len(points) < 3:
             return None
+        points = points + np.array([x0, y0], dtype=np.float32)
         ahead, ok, _ = cv2.calcOpticalFlowPyrLK(prev, cur, points, None, winSize=(15, 15), maxLevel=2)
         back, ok_back, _ = cv2.calcOpticalFlowPyrLK(cur, prev, ahead, None, winSize=(15, 15), maxLevel=2)
         error = np.linalg.norm((back - points).reshape(-1, 2), axis=1)

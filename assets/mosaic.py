@@ -100,8 +100,12 @@ def apply_mosaic(frame: np.ndarray, mask: np.ndarray, spec: MosaicSpec) -> tuple
     target = out[y0 : y0 + hh, x0 : x0 + ww]
     mosaiced = np.where(tile_in[..., None], np.round(tile).astype(np.uint8), target)
     if spec.feather > 0:
+        # The box filter on the mask around the block grid only (k px of context: the same values as on the
+        # whole mask, whose float copy and blur per frame cost more than the mosaic itself).
         k = spec.feather
-        soft = cv2.blur(mask.astype(np.float32) / 255.0, (k, k))[y0 : y0 + hh, x0 : x0 + ww, None]
+        wy0, wx0 = max(0, y0 - k), max(0, x0 - k)
+        window = mask[wy0 : min(h, y0 + hh + k), wx0 : min(w, x0 + ww + k)].astype(np.float32) / 255.0
+        soft = cv2.blur(window, (k, k))[y0 - wy0 : y0 - wy0 + hh, x0 - wx0 : x0 - wx0 + ww, None]
         mosaiced = np.round(target * (1 - soft) + mosaiced * soft).astype(np.uint8)
     out[y0 : y0 + hh, x0 : x0 + ww] = mosaiced
     mosaic_mask[y0 : y0 + hh, x0 : x0 + ww] = np.where(tile_in, 255, 0).astype(np.uint8)

@@ -41,11 +41,11 @@ class Oracle:
     """Finds the patch in whatever image it is given (a whole frame or a crop): the pixels that differ from the
     flat background; `misses`: frames where it says nothing, as a detector sometimes does."""
 
-    def __init__(self, misses=()):
-        self.misses, self.seen, self.crops = set(misses), [], 0
+    def __init__(self, misses=(), whole=(240, 320)):
+        self.misses, self.seen, self.crops, self.whole = set(misses), [], 0, whole
 
     def __call__(self, frame, index):
-        if frame.shape[:2] == (240, 320):
+        if frame.shape[:2] == self.whole:
             self.seen.append(index)
         else:
             self.crops += 1
@@ -201,3 +201,28 @@ def test_many_regions_cost_at_most_a_few_crops_and_one_whole_frame_per_frame():
     crowd = Crowd()
     _run(frames, crowd, every=8)
     assert crowd.whole <= 17 and crowd.crops <= MAX_LOOKS * 17
+
+
+def test_a_large_region_is_looked_for_on_a_smaller_copy_and_its_boxes_come_back_full_size():
+    from assets.sparse_detection import LOOK_SIDE
+
+    small, small_truth = _clip(40, range(5, 27))
+    frames = [cv2.resize(f, None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST) for f in small]  # a 240x180 patch
+    truth = [None if b is None else tuple(3 * v for v in b) for b in small_truth]
+
+    class Sizes(Oracle):
+        def __init__(self):
+            super().__init__(whole=(720, 960))
+            self.looked_at = []  # the patch's shorter side in each crop the detector was given
+
+        def __call__(self, frame, index):
+            found = super().__call__(frame, index)
+            if frame.shape[:2] != self.whole:
+                self.looked_at += [min(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in found]
+            return found
+
+    oracle = Sizes()
+    out, sparse = _run(frames, oracle, every=8)
+    assert sparse.local_calls > 0 and oracle.looked_at and max(oracle.looked_at) <= LOOK_SIDE + 2 < 180
+    hits, false = _covered(out, truth)
+    assert hits == list(range(5, 27)) and false == []

@@ -303,6 +303,23 @@ def test_apply_mosaic_at_the_frame_border():
     np.testing.assert_array_equal(out[mosaic_mask == 0], frame[mosaic_mask == 0])
 
 
+@pytest.mark.parametrize("where", ["inside", "corner", "edge"])
+def test_feathered_mosaic_is_the_plain_mosaic_blended_by_the_box_filtered_whole_mask(where):
+    """The feather blurs the mask only near the mosaic (cheaper than the whole mask): the result must be what the
+    definition gives, frame * (1 - blur(mask)) + mosaic * blur(mask), with the blur taken over the whole mask."""
+    frame = _textured(143, 175)
+    mask = np.zeros((143, 175), np.uint8)
+    y0, y1, x0, x1 = {"inside": (40, 90, 50, 120), "corner": (0, 37, 0, 51), "edge": (60, 143, 140, 175)}[where]
+    mask[y0:y1, x0:x1] = 255
+    k = 7
+    plain, _ = apply_mosaic(frame, mask, MosaicSpec("square_avg", 6, 1.0, 0))
+    feathered, _ = apply_mosaic(frame, mask, MosaicSpec("square_avg", 6, 1.0, k))
+    soft = cv2.blur(mask.astype(np.float32) / 255.0, (k, k))[..., None]
+    expected = np.round(frame * (1 - soft) + plain * soft).astype(np.uint8)
+    changed = (plain != frame).any(axis=2)  # where the plain mosaic differs from the frame; elsewhere both agree
+    np.testing.assert_array_equal(feathered[changed], expected[changed])
+
+
 def test_block_size_v1_grows_with_area():
     shape = (512, 512)
     areas = np.linspace(1, 200_000, 4000)
@@ -444,3 +461,13 @@ def test_cover_fit_makes_the_whole_region_eggplant_and_contain_does_not(kind, re
     assert eggplant_share("contain") < 0.8
     with pytest.raises(ValueError, match="eggplant.fit"):
         EggplantCompositor(sprite, 1.0, 0.0, 0.08, "stretch")
+
+
+def test_compositors_of_one_sprite_share_its_covering_canvases_and_paint_alike():
+    """Each scene has its own compositor; the canvases (an inpainting of the whole sprite) are made once per
+    sprite, and a canvas shared by scenes cannot be changed by one of them."""
+    frame, mask, region = _checker_scene()
+    a = EggplantCompositor(_synthetic_sprite(), fill=1.0, color_match=0.35, edge_feather=0.08)
+    b = EggplantCompositor(_synthetic_sprite(), fill=1.0, color_match=0.35, edge_feather=0.08)
+    assert a._canvases is b._canvases and not a._canvases[False][0].flags.writeable
+    np.testing.assert_array_equal(a.composite(frame, region, mask), b.composite(frame, region, mask))
