@@ -47,7 +47,8 @@ class BoxFlow:
         return gray
 
     def start(self, frame: np.ndarray, detections: list[Detection]) -> None:
-        self._gray = self._prepare(frame)
+        # Nothing to follow (most plate keyframes): no grey copy until a keyframe finds something.
+        self._gray = self._prepare(frame) if detections else None
         self._boxes = [_Followed(d, np.asarray(d.box, dtype=np.float64)) for d in detections]
 
     def step(self, frame: np.ndarray) -> list[Detection]:
@@ -56,6 +57,8 @@ class BoxFlow:
     def follow(self, frame: np.ndarray) -> list[Detection | None]:
         """One entry per keyframe detection, in order: its box carried to `frame`, or None once the flow has lost
         it (a lost box stays lost until the next `start`)."""
+        if not self._boxes:
+            return []
         gray = self._prepare(frame)
         h, w = frame.shape[:2]
         out: list[Detection | None] = []

@@ -83,7 +83,7 @@ class DetectionParams(_Strict):
     plate_min_neighbors: PositiveInt = 4
     max_side: PositiveInt = 1280
     every_n_frames: PositiveInt = 8  # README, Performance: recall and cost against every frame
-    plate_every_n_frames: PositiveInt | None = 12  # the plate detectors' interval; None = every_n_frames
+    plate_every_n_frames: PositiveInt | None = 16  # the plate detectors' interval; None = every_n_frames
     # Between two keyframes: "flow" carries the boxes by optical flow and looks near a box where a region starts,
     # ends or is lost (assets/sparse_detection.py); "none" leaves the frames empty for association to bridge.
     # A clip with a sidecar of boxes is read on every frame.
