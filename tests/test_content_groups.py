@@ -53,3 +53,22 @@ def test_a_group_lands_on_one_side_and_clips_without_copies_keep_their_split(sig
     singles = sorted(p.name for p in SAMPLE_RAW.glob("*.mp4"))
     alone = {c: c for c in singles}
     assert split_clips(singles, 0.25, alone) == split_clips(singles, 0.25)
+
+
+@pytest.mark.parametrize("block_pairs", [1, 500, 16_000_000])
+def test_matched_frames_counts_what_the_definition_counts_in_any_block_size(monkeypatch, block_pairs):
+    """[a, b] = frames of a with a variant within the distance of any variant of any frame of b, whether the
+    all-against-all pass runs a row at a time or all at once."""
+    import assets.content_groups as cg
+
+    monkeypatch.setattr(cg, "BLOCK_PAIRS", block_pairs)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, (5, 3), dtype=np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, (5, 3)).astype(np.uint64)
+    bits = [base, base ^ flips, rng.integers(0, 2**63, (4, 3), dtype=np.uint64), base[:2].copy()]
+    counts = cg.matched_frames(bits, max_distance=1)
+    for a, ha in enumerate(bits):
+        for b, hb in enumerate(bits):
+            expected = sum(any(bin(int(x) ^ int(y)).count("1") <= 1 for x in frame for y in hb.ravel()) for frame in ha)
+            assert counts[a, b] == expected, (a, b)
+    assert counts[1, 0] == 5 and counts[0, 3] == 2 and counts[2, 0] == 0
