@@ -31,7 +31,7 @@ from assets.video import EncoderSettings
 from orchestration.config import Params
 from orchestration.stage_io import (
     DATASET_METRICS, DATASET_REPORT, EGGPLANT_GT, MOSAIC_LQ, RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError,
-    StageOutput, hash_files, read_json, stage_cache,
+    StageOutput, batch_failures, clip_index, hash_files, read_json, stage_cache,
 )
 
 def encoder(params: Params) -> EncoderSettings:
@@ -49,28 +49,6 @@ def _record_digest(clip_id: str) -> str:
 
 def _keep_cache_within(params: Params) -> None:
     prune(int(params.cache.max_gb * 2**30))
-
-
-def _index(outcomes, extra: dict | None = None, keys: dict[str, str] | None = None) -> dict:
-    """`keys`: each clip's cache key, kept in its entry so that the stages below key their own work on it (same
-    key, same bytes)."""
-    clips = []
-    for o in outcomes:
-        entry = {"clip_id": o.clip_id, "status": "ok" if o.ok else "failed", "error": o.error}
-        entry.update(o.result or {})
-        if keys and o.ok:
-            entry["cache_key"] = keys[o.clip_id]
-        clips.append(entry)
-    return {"clips": clips, **(extra or {})}
-
-
-def _failures(index: dict) -> dict:
-    failed = [c for c in index["clips"] if c["status"] != "ok"]
-    if failed and len(failed) == len(index["clips"]):
-        # One bad clip never sinks the batch, but a batch where every clip failed is a broken stage.
-        detail = "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed)
-        raise StageInputError(f"every clip failed:\n{detail}")
-    return {"failed_clips": len(failed), "failures": "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed) or "none"}
 
 
 def run_raw_clips(params: Params) -> StageOutput:
@@ -131,9 +109,9 @@ def run_region_tracks(params: Params) -> StageOutput:
     with atomic_dir(REGION_TRACKS) as tmp:
         plan = plan_region_tracks(params, tmp)
         outcomes, reuse = plan.run(params.data.workers)
-        index = _index(outcomes, keys={j.clip_id: j.key for j in plan.jobs})
+        index = clip_index(outcomes, keys={j.clip_id: j.key for j in plan.jobs})
         write_json(tmp / "index.json", index)
-        failures = _failures(index)  # raises inside the block: a batch where every clip failed is not swapped in
+        failures = batch_failures(index)  # raises inside the block: a batch where every clip failed is not swapped in
     _keep_cache_within(params)
     ok = [c for c in index["clips"] if c["status"] == "ok"]
     return StageOutput(
@@ -183,9 +161,9 @@ def _render_stage(params: Params, out: Path, planner) -> StageOutput:
     with atomic_dir(out) as tmp:
         plan = planner(params, tmp)
         outcomes, reuse = plan.run(params.data.workers)
-        index = _index(outcomes, keys={j.clip_id: j.key for j in plan.jobs})
+        index = clip_index(outcomes, keys={j.clip_id: j.key for j in plan.jobs})
         write_json(tmp / "index.json", index)
-        failures = _failures(index)
+        failures = batch_failures(index)
     _keep_cache_within(params)
     ok = [c for c in index["clips"] if c["status"] == "ok"]
     return StageOutput(

@@ -17,9 +17,10 @@ from assets.atomic import atomic_dir, write_json
 from orchestration import tracking
 from orchestration.config import Params
 from orchestration.detection_stages import coco_hash, detection_eval_data, evaluate_detector, train_detector_stage
-from orchestration.lineage import _failures, _index, encoder
+from orchestration.lineage import encoder
 from orchestration.stage_io import (
-    RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError, StageOutput, hash_files, read_json,
+    RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError, StageOutput, batch_failures, clip_index, hash_files,
+    read_json,
 )
 
 MOSAIC_COCO = Path("data/datasets/mosaic_coco")
@@ -59,8 +60,8 @@ def run_mosaic_coco(params: Params) -> StageOutput:
         jobs = [(cid, (load_clip_tracks(REGION_TRACKS, cid), splits.get(cid, "train"), tmp, params.mosaic, data,
                        params.tracking.mask_shape, params.seed, encoder(params)))
                 for cid in clip_ids]
-        index = _index(map_clips(mosaic_clip_entry, jobs, params.data.workers, "mosaic_coco"))
-        failures = _failures(index)
+        index = clip_index(map_clips(mosaic_clip_entry, jobs, params.data.workers, "mosaic_coco"))
+        failures = batch_failures(index)
         images = {"train": [], "val": []}
         for clip in index["clips"]:
             if clip["status"] == "ok":

@@ -98,3 +98,26 @@ def stage_cache(name: str, body, *config) -> ClipCache:
     (resolved params sections, weights files' hashes)."""
     dumped = [c.model_dump(mode="json") if hasattr(c, "model_dump") else c for c in config]
     return ClipCache(name, digest(code_version(body), *dumped))
+
+
+def clip_index(outcomes, extra: dict | None = None, keys: dict[str, str] | None = None) -> dict:
+    """A per-clip stage's index.json: one entry per clip, ok or failed with its error. `keys`: each clip's cache
+    key, kept in its entry so that the stages below key their own work on it (same key, same bytes)."""
+    clips = []
+    for o in outcomes:
+        entry = {"clip_id": o.clip_id, "status": "ok" if o.ok else "failed", "error": o.error}
+        entry.update(o.result or {})
+        if keys and o.ok:
+            entry["cache_key"] = keys[o.clip_id]
+        clips.append(entry)
+    return {"clips": clips, **(extra or {})}
+
+
+def batch_failures(index: dict) -> dict:
+    """The failed clips of a `clip_index`, as stage metadata; raises when every clip failed."""
+    failed = [c for c in index["clips"] if c["status"] != "ok"]
+    if failed and len(failed) == len(index["clips"]):
+        # One bad clip never sinks the batch, but a batch where every clip failed is a broken stage.
+        detail = "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed)
+        raise StageInputError(f"every clip failed:\n{detail}")
+    return {"failed_clips": len(failed), "failures": "\n".join(f"{c['clip_id']}: {c['error']}" for c in failed) or "none"}
