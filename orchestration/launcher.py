@@ -56,20 +56,24 @@ def command(training: TrainingParams, stage: str, job: Path) -> list[str]:
     """The launcher's command line for `stage`: one process per `nproc_per_node`, on `nnodes` machines."""
     exe = binary(training)
     worker = ["-m", "orchestration.launcher", stage, str(job)]
+    # torch elastic's own logs go into the job folder, removed after the run; by default each run leaves a new
+    # /tmp/torchelastic_* folder behind (accelerate's --log_dir is the same setting of the torchrun it runs).
+    logs = str(job / "torchelastic")
     if training.launcher == "torchrun":
         if training.nnodes == 1:
             where = ["--standalone"]
         else:
             where = ["--nnodes", str(training.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", training.rdzv_endpoint,
                      "--rdzv-id", f"aubergine-{stage}"]
-        return [exe, *where, "--nproc-per-node", str(training.nproc_per_node), "--max-restarts", "0", *worker]
+        return [exe, *where, "--nproc-per-node", str(training.nproc_per_node), "--max-restarts", "0", "--log-dir", logs, *worker]
     # accelerate's multi-process path is torch.distributed.run underneath (`--multi_gpu`), also for gloo on CPU.
     # One machine: a free port (as torchrun --standalone finds one), so two jobs on a box do not collide.
     host, _, port = (training.rdzv_endpoint or f"127.0.0.1:{_free_port()}").rpartition(":")
     machines = ["--num_machines", str(training.nnodes), "--machine_rank", str(training.node_rank),
                 "--main_process_ip", host or "127.0.0.1", "--main_process_port", port]
     return [exe, "launch", "--multi_gpu", "--num_processes", str(training.world), *machines, "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--num_cpu_threads_per_process", os.environ.get("OMP_NUM_THREADS", "1"), *worker]
+            "--dynamo_backend", "no", "--num_cpu_threads_per_process", os.environ.get("OMP_NUM_THREADS", "1"), "--log_dir", logs,
+            *worker]
 
 
 def _output_to_json(output: StageOutput) -> dict:

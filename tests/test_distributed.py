@@ -63,7 +63,8 @@ def torchrun(script: str, nproc: int, tmp_path: Path, **popen) -> subprocess.Pop
     path = tmp_path / f"job_{time.monotonic_ns()}.py"
     path.write_text(script)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AUBERGINE_DIST_TIMEOUT_S": "120"}
-    return subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc), str(path)], env=env,
+    return subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc), "--log-dir", str(tmp_path / "elastic"),
+                             str(path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -198,7 +199,7 @@ def _stage1_params(project, **training):
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_stage1_checkpoint_under_a_launcher_publishes_once_and_logs_one_mlflow_run(project, launcher):
+def test_stage1_checkpoint_under_a_launcher_publishes_once_and_logs_one_mlflow_run(project, launcher, monkeypatch, tmp_path):
     from orchestration import tracking
     from orchestration.runner import run_stage
     from training.checkpoints import load_generator
@@ -206,7 +207,11 @@ def test_stage1_checkpoint_under_a_launcher_publishes_once_and_logs_one_mlflow_r
     write_tiny_dataset(project.root / "data/datasets/restoration")
     (project.root / "data/datasets/restoration/index.json").write_text("{}")
     _stage1_params(project, launcher=launcher, nproc_per_node=2)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the launched processes' temporary folder
     report = run_stage("stage1_checkpoint", project.params())
+    assert not list(temp.glob("torchelastic_*"))  # torch elastic's logs went into the job folder, removed after
 
     published = project.root / "data/models/restoration/stage1/generator.pth"
     model, info = load_generator(published)
@@ -317,3 +322,4 @@ def test_two_processes_train_the_anonymizer_as_one_process_with_the_same_global_
     print(f"anonymizer: 2 x 2 vs 1 x 4 max |diff| LoRA {lora:.3g}, discriminator {disc:.3g}")
     assert lora <= 5e-5 and disc <= 5e-5
     assert "2 processes (gloo), global batch 4 = 2 per process" in runs["double"]["meta"]["labels"]
+
