@@ -30,7 +30,7 @@ class _Followed:
 
 
 class BoxFlow:
-    """`start(frame, detections)` at a keyframe, then `step(frame)` for each following frame returns the boxes
+    """`start(frame, detections)` at a keyframe, then `follow(frame)` for each following frame returns the boxes
     carried to it (same kinds and scores as the keyframe's detections)."""
 
     def __init__(self) -> None:
@@ -50,9 +50,6 @@ class BoxFlow:
         # Nothing to follow (most plate keyframes): no grey copy until a keyframe finds something.
         self._gray = self._prepare(frame) if detections else None
         self._boxes = [_Followed(d, np.asarray(d.box, dtype=np.float64)) for d in detections]
-
-    def step(self, frame: np.ndarray) -> list[Detection]:
-        return [d for d in self.follow(frame) if d is not None]
 
     def follow(self, frame: np.ndarray) -> list[Detection | None]:
         """One entry per keyframe detection, in order: its box carried to `frame`, or None once the flow has lost

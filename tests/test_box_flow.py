@@ -34,7 +34,7 @@ def test_flow_follows_a_moving_and_growing_box_between_keyframes():
     flow = BoxFlow()
     flow.start(frames[0], [Detection("face", truth[0], 0.9)])
     for frame, box in zip(frames[1:], truth[1:]):
-        (carried,) = flow.step(frame)
+        (carried,) = flow.follow(frame)
         assert carried.kind == "face" and carried.score == 0.9
         assert iou(carried.box, box) > 0.9, (carried.box, box)
 
@@ -43,7 +43,11 @@ def test_flow_drops_a_box_whose_content_is_gone():
     frames, truth = _frames(2)
     flow = BoxFlow()
     flow.start(frames[0], [Detection("plate", truth[0], 1.0)])
-    assert flow.step(np.full_like(frames[1], 90)) == []  # nothing left to follow: dropped until the next keyframe
+    assert flow.follow(np.full_like(frames[1], 90)) == [None]  # lost: dropped until the next keyframe
+    flow.start(frames[0], [])  # a keyframe that found nothing: nothing is followed until the next one finds some
+    assert flow.follow(frames[1]) == []
+    flow.start(frames[0], [Detection("plate", truth[0], 1.0)])
+    assert iou(flow.follow(frames[1])[0].box, truth[1]) > 0.9
 
 
 def _record(scenes, tracks):
