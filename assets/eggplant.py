@@ -206,7 +206,7 @@ class EggplantCompositor:
         big = cv2.resize(canvas, (tw, th), interpolation=cv2.INTER_AREA if kx < 1 else cv2.INTER_LINEAR)
         gain = 1.0 + self.color_match * (ring / np.maximum(self.sprite_mean, 1e-3) - 1.0)
         # uint8 throughout, in OpenCV's saturating arithmetic: the tint clips at 255 as np.clip did, and the
-        # blend is one pass (half the compositing time of the float32 version; GT within 1 grey level of it).
+        # blend is one pass (half the compositing time of the float32 version; GT within 2 grey levels of it).
         rgb = cv2.multiply(big[dy0 - py : dy1 - py, dx0 - px : dx1 - px], (*map(float, gain), 0.0))
         alpha = mask[dy0:dy1, dx0:dx1].astype(np.float32) / 255.0
         sigma = self.edge_feather * min(rw, rh) / 4

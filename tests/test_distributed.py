@@ -322,4 +322,3 @@ def test_two_processes_train_the_anonymizer_as_one_process_with_the_same_global_
     print(f"anonymizer: 2 x 2 vs 1 x 4 max |diff| LoRA {lora:.3g}, discriminator {disc:.3g}")
     assert lora <= 5e-5 and disc <= 5e-5
     assert "2 processes (gloo), global batch 4 = 2 per process" in runs["double"]["meta"]["labels"]
-
