@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from assets.atomic import write_json
@@ -34,6 +35,22 @@ def scene_block_sizes(scene: Scene, shape: tuple[int, int], mask_shape: str) -> 
     }
 
 
+def region_change(original: np.ndarray, lq: np.ndarray, mask: np.ndarray, region) -> tuple[float, int]:
+    """(sum over the region's pixels of the mean |LQ - original| of their channels, number of pixels): how much the
+    mosaic shows. On a smooth region (a grey cartoon body) the blocks barely differ from what they cover, and the
+    eggplant GT there cannot be learned from the LQ (`dataset.min_mosaic_change`)."""
+    h, w = mask.shape[:2]
+    # The region's box, one pixel wider: a drawn ellipse may reach a pixel past it.
+    x0, y0, x1, y1 = (int(v) for v in region)
+    x0, y0, x1, y1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)
+    inside = mask[y0:y1, x0:x1] > 127
+    count = int(inside.sum())
+    if not count:
+        return 0.0, 0
+    diff = cv2.absdiff(original[y0:y1, x0:x1], lq[y0:y1, x0:x1])
+    return float(diff[inside].sum()) / diff.shape[2], count
+
+
 def scene_specs(record: dict, mosaic, mask_shape: str, seed: int) -> tuple[dict, dict, dict]:
     """Per scene id: the seeded mosaic spec, degradation (or None) and block sizes of the clip's scenes; the
     mosaic detector's data (`assets.mosaic_coco`) draws the very same mosaics over whole frames."""
@@ -53,12 +70,16 @@ def mosaic_clip(record: dict, out_dir: Path, mosaic, encoder: EncoderSettings, m
     shape = (record["height"], record["width"])
     specs, degrades, blocks = scene_specs(record, mosaic, mask_shape, seed)
     noise_rngs = {scene.id: scene_rng(seed, record["clip_id"], scene.id, "noise") for scene in record["scenes"]}
+    change = {scene.id: [0.0, 0] for scene in record["scenes"]}  # sum of |LQ - original| inside the region, pixels
 
     def transform(scene, offset, frame):
         mask = full_frame_mask(scene, offset, shape, mask_shape)
         lq, lq_mask = apply_mosaic(frame, mask, specs[scene.id])
         if degrades[scene.id] is not None:
             lq = degrade_frame(lq, degrades[scene.id], noise_rngs[scene.id])
+        total, count = region_change(frame, lq, mask, scene.regions[offset])
+        change[scene.id][0] += total
+        change[scene.id][1] += count
         return {"frames": lq, "mask": lq_mask}
 
     def lq_encoder(scene):
@@ -72,6 +93,7 @@ def mosaic_clip(record: dict, out_dir: Path, mosaic, encoder: EncoderSettings, m
             "mosaic": specs[s.id].lada_dict(),
             "base_mosaic_block_size": blocks[s.id],
             "degrade": None if degrades[s.id] is None else vars(degrades[s.id]),
+            "visible_change": round(change[s.id][0] / max(1, change[s.id][1]), 3),
         }
         for s in record["scenes"]
     }

@@ -66,6 +66,13 @@ def _patch(portrait: Image.Image, face_box: Sequence[float], face_width: float, 
     return rgb, alpha, box
 
 
+def face_patch(portrait: Image.Image, face_box: Sequence[float], face_width: float, flip: bool
+               ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """(RGB float patch, alpha in [0, 1], face box inside the patch): a portrait's face with its context, cut to an
+    ellipse, `face_width` px wide; what `composite_faces` pastes, for callers that move it themselves."""
+    return _patch(portrait, face_box, face_width, flip)
+
+
 def composite_faces(background: np.ndarray, faces: Sequence[tuple[Image.Image, Sequence[float], str]], params,
                     rng: np.random.Generator) -> tuple[np.ndarray, list[Box], int]:
     """(image, face boxes, skipped): each (portrait, face box, person id) pasted where it overlaps no other."""

@@ -369,6 +369,20 @@ def _finish_panel(rgb: np.ndarray, rng: np.random.Generator, realism: float) -> 
     return rgb
 
 
+def plate_sprite(rng: np.random.Generator, width: int, height: int, font_ratio: Sequence[float] = (0.55, 0.8),
+                 realism: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(RGB float32 0-255, alpha float32 0-1, text): one flat plate of `width` x `height` px with random valid
+    text, drawn supersampled and finished like the composited ones (shading, blur, noise), for callers that
+    move it themselves (the synthetic scenes)."""
+    fmt, text = random_plate(rng)
+    font = list(FONT_FILES)[int(rng.integers(len(FONT_FILES)))]
+    scale = max(1, math.ceil(SUPERSAMPLE_HEIGHT / height))
+    panel = _draw_panel(text, fmt, font, float(rng.uniform(*font_ratio)), width * scale, height * scale, rng)
+    rgb = cv2.resize(panel.rgb, (width, height), interpolation=cv2.INTER_AREA) if scale > 1 else panel.rgb
+    alpha = cv2.resize(panel.alpha, (width, height), interpolation=cv2.INTER_AREA) if scale > 1 else panel.alpha
+    return _finish_panel(rgb, rng, realism).clip(0, 255).astype(np.float32), alpha.astype(np.float32), text
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 
 

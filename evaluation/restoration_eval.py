@@ -14,6 +14,7 @@ every pair; `temporal_ratio` = output's / GT's (about 1 = as steady as the compo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from assets import contact_sheet
 from assets.lada_meta import RestorationDataset
 from assets.tracks import unpad
+from evaluation.eggplant_visibility import Visibility
 from evaluation.restoration_metrics import _Accumulator, _frame_stats
 
 
@@ -77,6 +79,27 @@ def _summary(prefix: str, acc: _Accumulator) -> dict:
     }
 
 
+def grid_order(items: list, root: str | Path) -> list[int]:
+    """Positions of `items` in the order their grids are shown: the kinds in turn (a face, a plate, ...; from the
+    dataset's index.json, when it has one), the user's clips before the synthetic scenes within a kind, so that a
+    few grids show both kinds of region."""
+    index = Path(root) / "index.json"
+    kinds = {}
+    if index.is_file():
+        kinds = {row["name"]: row.get("kind", "") for row in json.loads(index.read_text()).get("scenes", [])}
+    by_kind: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        by_kind.setdefault(kinds.get(item.meta_path.stem, ""), []).append(k)
+    for positions in by_kind.values():
+        positions.sort(key=lambda k: (items[k].meta_path.stem.startswith("synthetic__"), k))
+    order, queues = [], [list(q) for _, q in sorted(by_kind.items())]
+    while any(queues):
+        for queue in queues:
+            if queue:
+                order.append(queue.pop(0))
+    return order
+
+
 def evaluate_split(restore, root: str | Path, split: str = "val", max_scenes: int = 50, grid_frames: int = 6,
                    max_grids: int = 4, progress: bool = True) -> SceneEvaluation:
     """`restore(frames) -> frames` is the model (e.g. `Restorer.restore`); frames are RGB uint8."""
@@ -84,10 +107,12 @@ def evaluate_split(restore, root: str | Path, split: str = "val", max_scenes: in
     items = [i for i in dataset if i.lq_path is not None][:max_scenes]
     if not items:
         raise ValueError(f"{Path(root) / split}: no scenes with a pre-generated mosaic to evaluate")
+    shown = set(grid_order(items, root)[:max_grids])
     acc_in, acc_out = _Accumulator(), _Accumulator()
     temporal = TemporalChange()
+    visibility = Visibility()
     rows, grids = [], []
-    for item in tqdm(items, desc=f"evaluate {split}", unit="scene", disable=not progress):
+    for position, item in enumerate(tqdm(items, desc=f"evaluate {split}", unit="scene", disable=not progress)):
         lq = RestorationDataset.read(item, "lq")
         gt = RestorationDataset.read(item, "gt")
         masks = RestorationDataset.read(item, "mask")
@@ -96,29 +121,36 @@ def evaluate_split(restore, root: str | Path, split: str = "val", max_scenes: in
         for meter in (temporal, scene_temporal):
             meter.add({"input": lq, "output": out, "gt": gt}, masks)
         scene_in, scene_out = _Accumulator(), _Accumulator()
+        scene_visibility = Visibility()
         for k, pad in enumerate(item.pads):
             g, m = unpad(gt[k], pad), unpad(masks[k], pad)
+            for meter in (visibility, scene_visibility):
+                meter.add(g, unpad(lq[k], pad), unpad(out[k], pad), m)
             where = f"{item.meta_path.stem} frame {k}: "
             for acc, scene_acc, test in ((acc_in, scene_in, lq[k]), (acc_out, scene_out, out[k])):
                 stats = _frame_stats(g, unpad(test, pad), m, where=where)
                 acc.add(stats)
                 scene_acc.add(stats)
         si, so = scene_in.result(), scene_out.result()
+        sv = scene_visibility.metrics()
         rows.append({
             "scene": item.meta_path.stem, "frames": item.frames_count,
             "psnr_region_input": si["psnr_region"], "psnr_region_output": so["psnr_region"],
             "ssim_region_input": si["ssim_region"], "ssim_region_output": so["ssim_region"],
             "psnr_input": si["psnr"], "psnr_output": so["psnr"],
             "temporal_ratio": scene_temporal.metrics()["temporal_ratio"],
+            "lowpass_region_gain_db": sv.get("lowpass_region_gain_db"), "purple_iou": sv["purple_iou"],
+            "green_iou": sv["green_iou"], "changed_outside_share": sv["changed_outside_share"],
         })
-        if len(grids) < max_grids:
+        if position in shown:
             picks = contact_sheet.pick_indices(item.frames_count, grid_frames)
             grids.append((f"{item.meta_path.stem}: mosaic input | restored | eggplant GT", {
                 "input": [unpad(lq[i], item.pads[i]) for i in picks],
                 "output": [unpad(out[i], item.pads[i]) for i in picks],
                 "GT": [unpad(gt[i], item.pads[i]) for i in picks],
             }))
-    metrics = {**_summary("input", acc_in), **_summary("output", acc_out), **temporal.metrics(), "scenes": len(items),
+    metrics = {**_summary("input", acc_in), **_summary("output", acc_out), **temporal.metrics(), **visibility.metrics(),
+               "scenes": len(items),
                "frames": acc_in.frames}
     if metrics["output_psnr_region"] is not None and metrics["input_psnr_region"] is not None:
         metrics["psnr_region_gain_db"] = metrics["output_psnr_region"] - metrics["input_psnr_region"]

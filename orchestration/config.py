@@ -174,6 +174,29 @@ class DatasetParams(_Strict):
     # x264 with frame threads gave different bytes run to run here; one thread per encoder is byte-stable
     # (clips still run in parallel across `data.workers` processes).
     encoder_threads: PositiveInt = 1
+    # A scene whose mosaic changes the region by less than this (mean |LQ - original| over its pixels and channels,
+    # 0-255) is left out of the pairs: over a smooth region the model cannot see where to paint (README).
+    min_mosaic_change: Annotated[float, Field(ge=0.0)] = 6.0
+
+
+class SyntheticScenesParams(_Strict):
+    """`synthetic_scenes`: clips in which a synthetic person's face and a rendered plate move through a pan/zoom over
+    a picture (assets/synthetic_scenes.py), boxes as sidecars; they join the user's clips in the restoration track
+    with their split decided by person and picture, so both kinds of region are in train and in val."""
+
+    count: Annotated[int, Field(ge=0)] = 40  # 0 = none: the restoration track uses the user's clips alone
+    frames: Annotated[int, Field(ge=8)] = 24
+    fps: Annotated[float, Field(gt=0)] = 24.0
+    width: Annotated[int, Field(ge=64)] = 320
+    height: Annotated[int, Field(ge=64)] = 240
+    face_width: Range = (0.2, 0.34)  # face box width / frame width
+    plate_width: Range = (0.24, 0.4)  # plate width / frame width
+    plate_aspect: Range = (2.0, 4.0)  # plate width / height
+    zoom: Fraction = 0.25  # the camera's zoom changes by up to this share over a clip
+    pan: Fraction = 0.25  # its centre moves by up to this share of the frame width
+    drift: Fraction = 0.12  # each region moves on its own by up to this share of the frame width
+    val_fraction: Fraction = 0.25  # of the people (split by person)
+    people_index: str = "data/media/people/people.json"
 
 
 # BasicVSR++'s top-level modules (training.basicvsrpp.MODULE_GROUPS; a test keeps the two equal). Kept here
@@ -711,6 +734,7 @@ class Params(_Strict):
     eggplant: EggplantParams = EggplantParams()
     mosaic: MosaicParams = MosaicParams()
     dataset: DatasetParams = DatasetParams()
+    synthetic_scenes: SyntheticScenesParams = SyntheticScenesParams()
     restoration: RestorationParams = RestorationParams()
     restore: RestoreParams = RestoreParams()
     anonymize: AnonymizeParams = AnonymizeParams()

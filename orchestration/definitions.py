@@ -7,6 +7,7 @@ runs, so both engines produce the same files.
 
 
 import base64
+import inspect
 import json
 import os
 import re
@@ -116,13 +117,15 @@ def build_per_clip_asset(st: Stage) -> dg.AssetsDefinition:
     side, a Docker or Kubernetes executor in containers or pods of their own), and a last step runs the stage
     body, which takes every clip from the store and publishes the folder -- the same body `dvc repro` runs, so
     both engines write the same bytes. Asset key, upstream and checks are those of the stage table."""
-    assert len(st.upstream) == 1, f"{st.name}: a per-clip stage has one upstream stage"
+    assert st.upstream, f"{st.name}: a per-clip stage needs an upstream stage"
 
     def lock(context, p, what: str):
         return project_lock.held(project_lock.owner_for("dagster", context.run_id), what, timeout_s=p.lock.timeout_s,
                                  poll_s=p.lock.poll_s)
 
-    @dg.op(name=f"{st.name}_pending_clips", ins={"upstream": dg.In(dg.Nothing)}, out=dg.DynamicOut(str),
+    names = [f"upstream_{k}" for k in range(len(st.upstream))]
+
+    @dg.op(name=f"{st.name}_pending_clips", ins={n: dg.In(dg.Nothing) for n in names}, out=dg.DynamicOut(str),
            description=f"Clips of {st.name} whose inputs, knobs or code have no entry in the per-clip store yet.")
     def pending(context: dg.OpExecutionContext, params: AubergineParams):
         p = params.load()
@@ -150,11 +153,14 @@ def build_per_clip_asset(st: Stage) -> dg.AssetsDefinition:
         meta["clips_in_own_steps"] = dg.MetadataValue.int(len(computed))
         context.add_output_metadata(meta)
 
-    @dg.graph_asset(**_asset_args(st), ins={"upstream": dg.AssetIn(st.upstream[0], dagster_type=dg.Nothing)})
-    def _asset(upstream):
-        return publish(pending(upstream).map(one_clip).collect())
+    def compose(**upstream):
+        # Each upstream asset is an input of the planning step (Nothing: order only, no data passed).
+        return publish(pending(**upstream).map(one_clip).collect())
 
-    return _asset
+    # Dagster reads the composition's parameters to match them with `ins`: one per upstream asset.
+    compose.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    return dg.graph_asset(**_asset_args(st),
+                          ins={n: dg.AssetIn(u, dagster_type=dg.Nothing) for n, u in zip(names, st.upstream)})(compose)
 
 
 def _outcome_result(outcome) -> dg.AssetCheckResult:

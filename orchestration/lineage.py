@@ -24,14 +24,14 @@ from assets.detect import sidecar_path
 from assets.eggplant_gt import composite_clip
 from assets.lada_meta import RestorationDataset
 from assets.mosaic_lq import mosaic_clip
-from assets.raw_clips import build_manifest, ok_clips
+from assets.raw_clips import build_manifest, ok_clips, probe_clip
 from assets.region_tracks import load_clip_tracks, track_clip
 from assets.restoration_dataset import assemble_clip, clip_files, make_layout, split_clips, summarize
 from assets.video import EncoderSettings
 from orchestration.config import Params
 from orchestration.stage_io import (
-    DATASET_METRICS, DATASET_REPORT, EGGPLANT_GT, MOSAIC_LQ, RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, StageInputError,
-    StageOutput, batch_failures, clip_index, hash_files, read_json, stage_cache,
+    DATASET_METRICS, DATASET_REPORT, EGGPLANT_GT, MOSAIC_LQ, RAW_CLIPS, REGION_TRACKS, RESTORATION_DATASET, SYNTHETIC_SCENES,
+    StageInputError, StageOutput, batch_failures, clip_index, hash_files, read_json, stage_cache,
 )
 
 def encoder(params: Params) -> EncoderSettings:
@@ -39,8 +39,52 @@ def encoder(params: Params) -> EncoderSettings:
     return EncoderSettings(codec=d.codec, crf=d.crf, preset=d.preset, threads=d.encoder_threads)
 
 
-def _raw_sha(manifest: dict) -> dict[str, str]:
-    return {c["clip_id"]: c["sha256"] for c in manifest["clips"]}
+def _synthetic_manifest() -> dict:
+    """The synthetic scenes' manifest; none made (the stage not materialized here) = no synthetic clips, as with
+    `synthetic_scenes.count: 0`: the region work then runs on the user's clips alone."""
+    path = SYNTHETIC_SCENES / "manifest.json"
+    return read_json(path, "synthetic_scenes") if path.is_file() else {"clips": []}
+
+
+def source_clips() -> list[dict]:
+    """The clips the region work runs on: the user's usable raw clips, then the synthetic scenes (same row fields)."""
+    return ok_clips(read_json(RAW_CLIPS / "manifest.json", "raw_clips")) + ok_clips(_synthetic_manifest())
+
+
+def pinned_splits() -> dict[str, str]:
+    """clip id -> split of the clips whose split their source decides (the synthetic scenes: by person and picture)."""
+    return {c["clip_id"]: c["split"] for c in ok_clips(_synthetic_manifest())}
+
+
+def run_synthetic_scenes(params: Params) -> StageOutput:
+    from tqdm import tqdm
+
+    from assets.synthetic_scenes import SceneSettings, clip_id_of, render_scenes
+
+    sc = params.synthetic_scenes
+    settings = SceneSettings(**{k: v for k, v in sc.model_dump().items() if k != "people_index"})
+    people = Path(sc.people_index)
+    if sc.count and not people.is_file():
+        raise StageInputError(f"{people}: synthetic people missing (synthetic_scenes.people_index); run `make setup`")
+    with atomic_dir(SYNTHETIC_SCENES) as tmp:
+        bar = tqdm(total=sc.count, desc="synthetic_scenes", unit="clip", disable=None)
+        manifest = render_scenes(people, tmp, settings, params.seed, encoder(params), params.detection.sidecar_suffix,
+                                 progress=lambda done, total: bar.update(1))
+        bar.close()
+        rows = []
+        for row in manifest["clips"]:
+            probed = probe_clip(tmp / row["file"], tmp, params.data)
+            rows.append({**probed, **row, "clip_id": clip_id_of(row["file"]), "path": (SYNTHETIC_SCENES / row["file"]).as_posix(),
+                         "source": "synthetic_scenes"})
+        manifest["clips"] = rows
+        write_json(tmp / "manifest.json", manifest)
+    return StageOutput(
+        metadata={"clips": len(rows), "train_clips": manifest["counts"]["train"], "val_clips": manifest["counts"]["val"],
+                  "frames": sum(r["frames"] or 0 for r in rows),
+                  "people": len({r["person"] for r in rows}), "quarantined": sum(r["status"] != "ok" for r in rows)},
+        files=[SYNTHETIC_SCENES / "manifest.json"],
+        input_hash=hash_files(people) if people.is_file() else "",
+    )
 
 
 def _record_digest(clip_id: str) -> str:
@@ -90,7 +134,6 @@ class ClipPlan:
 # The planners take `only` (clip ids): a Dagster step of one clip builds that clip's job alone, rather than reading
 # every clip's record to keep one.
 def plan_region_tracks(params: Params, out_root: Path, only: set[str] | None = None) -> ClipPlan:
-    manifest = read_json(RAW_CLIPS / "manifest.json", "raw_clips")
     trained = None
     d = params.detection
     uses_detector = "detector" in (d.faces, d.plates)
@@ -101,7 +144,7 @@ def plan_region_tracks(params: Params, out_root: Path, only: set[str] | None = N
     # A clip's inputs: its manifest entry (content hash, path, probe) and a sidecar of boxes beside it.
     jobs = [CachedJob(c["clip_id"], cache.key([c, file_digest(sidecar_path(Path(c["path"]), d))]),
                       (c, out_root, d, params.tracking, trained), (f"{c['clip_id']}.json", f"masks/{c['clip_id']}"))
-            for c in ok_clips(manifest) if only is None or c["clip_id"] in only]
+            for c in source_clips() if only is None or c["clip_id"] in only]
     return ClipPlan("region_tracks", track_clip, cache, jobs, out_root)
 
 
@@ -125,7 +168,7 @@ def run_region_tracks(params: Params) -> StageOutput:
             **failures,
         },
         files=[REGION_TRACKS / "index.json"],
-        input_hash=hash_files(RAW_CLIPS / "manifest.json"),
+        input_hash=hash_files(RAW_CLIPS / "manifest.json", *[p for p in [SYNTHETIC_SCENES / "manifest.json"] if p.is_file()]),
     )
 
 
@@ -136,7 +179,7 @@ def _clips_with_scenes() -> list[str]:
 
 def _render_plan(params: Params, out_root: Path, only: set[str] | None, fn, section, label: str, body, *config) -> ClipPlan:
     mask_shape = params.tracking.mask_shape
-    raw_sha = _raw_sha(read_json(RAW_CLIPS / "manifest.json", "raw_clips"))
+    raw_sha = {c["clip_id"]: c["sha256"] for c in source_clips()}
     cache = stage_cache(label, body, section, encoder(params), mask_shape, params.seed, *config)
     # A clip's inputs: its region_tracks record and the raw clip the record's frames come from.
     jobs = [
@@ -189,6 +232,17 @@ def _ok_keys(path: Path, stage: str) -> dict[str, str]:
             for c in read_json(path, stage)["clips"] if c["status"] == "ok"}
 
 
+def dropped_contact_sheet(row: dict, frames: int = 6):
+    """LQ | GT of a scene left out of the dataset, from the interim clips, titled with the reason."""
+    from assets.video import read_frames
+
+    lq = list(read_frames(MOSAIC_LQ / row["clip_id"] / f"{row['name']}.mp4"))
+    gt = list(read_frames(EGGPLANT_GT / row["clip_id"] / f"{row['name']}.mp4"))
+    picks = contact_sheet.pick_indices(min(len(lq), len(gt)), frames)
+    return contact_sheet.grid({"LQ": [lq[i] for i in picks], "GT": [gt[i] for i in picks]},
+                              f"DROPPED {row['name']} ({row['split']}): {row['reason']}")
+
+
 def clip_contact_sheet(dataset: RestorationDataset, clip_id: str, frames: int = 6):
     items = [i for i in dataset if i.meta["name"] == clip_id]
     if not items:
@@ -207,21 +261,26 @@ def run_restoration_dataset(params: Params) -> StageOutput:
     clip_ids = [c for c in with_scenes if c in gt_keys and c in lq_keys]
     groups = clip_groups(REGION_TRACKS, clip_ids)
     copies = grouped(groups)
-    splits = split_clips(clip_ids, params.dataset.val_fraction, groups)
-    cache = stage_cache("restoration_dataset", run_restoration_dataset)
+    # The user's clips split by content group; the synthetic scenes keep the side their source gave them.
+    splits = {**split_clips(clip_ids, params.dataset.val_fraction, groups),
+              **{c: s for c, s in pinned_splits().items() if c in clip_ids}}
+    min_change = params.dataset.min_mosaic_change
+    cache = stage_cache("restoration_dataset", run_restoration_dataset, min_change)
     with atomic_dir(RESTORATION_DATASET) as tmp:
         make_layout(tmp)
         # A clip's inputs: its record and the GT/LQ clips below (their own keys: same key, same bytes), and its side.
         jobs = [CachedJob(cid, cache.key([cid, _record_digest(cid), gt_keys[cid], lq_keys[cid], splits[cid], groups.get(cid, cid)]),
-                          (cid, splits[cid], groups.get(cid, cid), REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp), clip_files)
+                          (cid, splits[cid], groups.get(cid, cid), REGION_TRACKS, EGGPLANT_GT, MOSAIC_LQ, tmp, min_change), clip_files)
                 for cid in clip_ids]
         outcomes, reuse = map_clips_cached(assemble_clip, jobs, cache, tmp, params.data.workers, "restoration_dataset")
-        rows = [row for o in outcomes if o.ok for row in o.result]
+        rows = [row for o in outcomes if o.ok for row in o.result["scenes"]]
+        dropped = [row for o in outcomes if o.ok for row in o.result["dropped"]]
         failed = {o.clip_id: o.error for o in outcomes if not o.ok}
         if failed and len(failed) == len(clip_ids):
             raise StageInputError("every clip failed:\n" + "\n".join(f"{k}: {v}" for k, v in failed.items()))
         skipped = sorted(set(with_scenes) - set(clip_ids) | set(failed))
-        write_json(tmp / "index.json", {"scenes": rows, "skipped_clips": skipped, "content_groups": copies})
+        write_json(tmp / "index.json", {"scenes": rows, "dropped_scenes": dropped, "skipped_clips": skipped,
+                                        "content_groups": copies})
     _keep_cache_within(params)
     images: dict[str, Path] = {}
     with atomic_dir(DATASET_REPORT) as tmp:
@@ -233,10 +292,16 @@ def run_restoration_dataset(params: Params) -> StageOutput:
                     name = f"{clip_id}.png"
                     contact_sheet.save_png(sheet, tmp / name)
                     images[f"{split}/{clip_id}"] = DATASET_REPORT / name
-    summary = summarize(rows)
+        for row in dropped:
+            # Left out of the pairs, still shown: marked, so a reader sees what was dropped and why.
+            name = f"dropped-{row['name']}.png"
+            contact_sheet.save_png(dropped_contact_sheet(row), tmp / name)
+            images[f"dropped/{row['name']}"] = DATASET_REPORT / name
+    summary = summarize(rows, dropped)
     write_json(DATASET_METRICS, summary)
     return StageOutput(
         metadata={**summary, **reuse, "skipped_clips": ", ".join(skipped) or "none",
+                  "dropped": "\n".join(f"{r['name']}: {r['reason']}" for r in dropped) or "none",
                   "failures": "\n".join(f"{k}: {v}" for k, v in failed.items()) or "none",
                   "content_groups": "; ".join(f"{g}: {', '.join(m)}" for g, m in copies.items()) or "none"},
         images=images,

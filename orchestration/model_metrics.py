@@ -25,6 +25,9 @@ REPORT_METRICS: dict[str, frozenset[str]] = {
     RESTORER: frozenset(
         [f"{side}_{m}" for side in ("input", "output") for m in _RESTORATION_BASE]
         + ["psnr_gain_db", "psnr_region_gain_db", "frames", "scenes"]
+        # is the eggplant visible (evaluation/eggplant_visibility.py)
+        + ["lowpass_psnr_region_input", "lowpass_psnr_region_output", "lowpass_region_gain_db", "purple_iou", "green_iou",
+           "purple_iou_input", "green_iou_input", "changed_outside_share"]
     ),
     # detection_report: COCO evaluation on the val split (evaluation/detection_map.py)
     DETECTOR: frozenset(

@@ -51,10 +51,13 @@ def run_mosaic_coco(params: Params) -> StageOutput:
     from assets.batch import map_clips
     from assets.mosaic_coco import MosaicImage, coco_document
     from assets.region_tracks import load_clip_tracks
+    from assets.synthetic_scenes import is_synthetic
 
     tracks_index = read_json(REGION_TRACKS / "index.json", "region_tracks")
     splits = _splits()
-    clip_ids = [c["clip_id"] for c in tracks_index["clips"] if c["status"] == "ok"]
+    # The synthetic scenes are there for the restorer; here they would multiply the detector's frames (and its
+    # report's whole-video passes) for a kind of content the detector does not need more of.
+    clip_ids = [c["clip_id"] for c in tracks_index["clips"] if c["status"] == "ok" and not is_synthetic(c["clip_id"])]
     data = params.mosaic_detector.data
     with atomic_dir(MOSAIC_COCO) as tmp:
         jobs = [(cid, (load_clip_tracks(REGION_TRACKS, cid), splits.get(cid, "train"), tmp, params.mosaic, data,

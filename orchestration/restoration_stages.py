@@ -243,6 +243,11 @@ def run_restoration_report(params: Params) -> StageOutput:
         "each frame's own crop; 'region' = inside the region mask. Stability: mean absolute frame-to-frame change "
         "inside the region (track-aligned crops) of the output over that of the GT (temporal_ratio; 1 = as steady "
         "as the GT).",
+        "Visibility (evaluation/eggplant_visibility.py): lowpass_* = PSNR inside the region after an 8-px box blur of "
+        "both frames (shape and colour, not block edges); purple_iou / green_iou = IoU inside the region of the "
+        "pixels classed as the sprite's purple body / green cap in the GT and in the output (the *_input figures: "
+        "the mosaic itself); changed_outside_share = share of pixels clear of the region whose mean difference from "
+        "the GT (the original there) exceeds 12 grey levels (a global tint scores near 1).",
     ]
     if split != "val":
         notes.append("The val split is empty (too few clips for a split by clip), so these numbers are on the "

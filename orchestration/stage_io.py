@@ -13,6 +13,7 @@ from assets.clip_cache import ClipCache, digest, file_digest
 from orchestration.code_deps import ROOT, code_files
 
 RAW_CLIPS = Path("data/interim/raw_clips")
+SYNTHETIC_SCENES = Path("data/interim/synthetic_scenes")
 REGION_TRACKS = Path("data/interim/region_tracks")
 EGGPLANT_GT = Path("data/interim/eggplant_gt")
 MOSAIC_LQ = Path("data/interim/mosaic_lq")

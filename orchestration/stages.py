@@ -59,13 +59,26 @@ STAGES: tuple[Stage, ...] = (
         kinds=("python", "pyav", "json"),
     ),
     Stage(
+        name="synthetic_scenes",
+        group="ingest",
+        description="Clips of a synthetic person's face and a rendered plate moving through a pan/zoom over a picture, "
+        "boxes as sidecars; they join the user's clips in the restoration track, split by person and picture, so "
+        "faces and plates are in train and in val.",
+        run=lineage.run_synthetic_scenes,
+        upstream=(),
+        params=("synthetic_scenes", "dataset", "detection", "data"),
+        outs=(str(stage_io.SYNTHETIC_SCENES),),
+        extra_deps=("${synthetic_scenes.people_index}",),
+        kinds=("python", "opencv", "video"),
+    ),
+    Stage(
         name="region_tracks",
         group="ingest",
         description="Faces (YuNet/Haar) and plates (OpenCV cascade) or sidecar COCO boxes per frame, linked into "
         "tracks, median-smoothed over ~1 s, cut into scenes with Lada-style crops, pads and mask videos.",
         run=lineage.run_region_tracks,
         per_clip=lineage.plan_region_tracks,
-        upstream=("raw_clips",),
+        upstream=("raw_clips", "synthetic_scenes"),
         params=("detection", "tracking", "dataset"),
         outs=(str(stage_io.REGION_TRACKS),),
         extra_deps=("${detection.yunet_model}",),

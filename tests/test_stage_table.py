@@ -17,7 +17,7 @@ from orchestration.stages import STAGES, topological
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAGE = [
-    "raw_clips", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset",
+    "raw_clips", "synthetic_scenes", "region_tracks", "eggplant_gt", "mosaic_lq", "restoration_dataset",
     "stage1_checkpoint", "stage2_checkpoint", "restoration_report",
     "mosaic_coco", "mosaic_detector_checkpoint", "mosaic_detection_report",
     "unified_coco", "detector_checkpoint", "detection_report", "lora_checkpoint", "anonymization_report",
