@@ -45,8 +45,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                        "32 ch from scratch, flow network frozen, region weight 10"),
     "w16_nospy_lr1e-3": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=1e-3),
                          "16 ch from scratch, flow network frozen, lr 1e-3"),
-    "w16_nospy_96px": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, lq_size=96),
-                       "16 ch from scratch, flow network frozen, 96-px crops"),
+    "w16_nospy_rw6": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, region_loss_weight=6.0),
+                      "16 ch from scratch, flow network frozen, region weight 6"),
     "w16_nospy_8f": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, num_frame=8),
                      "16 ch from scratch, flow network frozen, 8-frame windows"),
 }
@@ -65,7 +65,7 @@ def run_variant(name: str, overrides: dict, args, root: Path) -> list[dict]:
     from training.restorer import Restorer
 
     work = Path(args.out) / name
-    if work.exists():
+    if work.exists() and not args.resume:
         shutil.rmtree(work)
     rows, seconds = [], 0.0
     for iters in args.iters:
@@ -76,6 +76,8 @@ def run_variant(name: str, overrides: dict, args, root: Path) -> list[dict]:
         settings.update(overrides)
         if settings.get("init_from"):
             settings["init_from"] = Path(settings["init_from"])
+            if not settings["init_from"].is_file():
+                raise SystemExit(f"{name}: {settings['init_from']} missing; make it with `make restoration-base` (~6 min)")
         start = time.perf_counter()
         result = train(TrainSettings(**settings))
         seconds += time.perf_counter() - start
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region-weight", type=float, default=20.0)
     parser.add_argument("--root", default="data/datasets/restoration")
     parser.add_argument("--out", default=".cache/bench/eggplant")
+    parser.add_argument("--resume", action="store_true", help="continue a variant's run in --out (more iterations)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args(argv)
     if args.list:

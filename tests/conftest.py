@@ -18,12 +18,11 @@ EMOJI = ROOT / "data/media/eggplant/emoji_u1f346.png"
 SAMPLE_RAW = ROOT / "data/raw"
 PEOPLE = ROOT / "data/media/people/people.json"
 DETECTOR_BASE = ROOT / "data/models/detector-base/detector.pth"
-RESTORATION_BASE = ROOT / "data/models/restoration-base/generator.pth"
 MOSAIC_DETECTOR_BASE = ROOT / "data/models/mosaic-detector-base/detector.pth"
 
 
 def need_media() -> None:
-    missing = [p for p in (YUNET, EMOJI, PEOPLE, DETECTOR_BASE, RESTORATION_BASE, MOSAIC_DETECTOR_BASE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
+    missing = [p for p in (YUNET, EMOJI, PEOPLE, DETECTOR_BASE, MOSAIC_DETECTOR_BASE, SAMPLE_RAW / "carphone_pristine.mp4") if not p.is_file()]
     if missing:
         pytest.fail(f"sample media not provisioned ({missing[0]}); run `make setup` (make test does it)")
 

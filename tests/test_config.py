@@ -42,7 +42,9 @@ def test_embedded_profile_only_overlays_what_it_names():
     assert embedded.restoration.stage1.max_iters == overlay["restoration"]["stage1"]["max_iters"]
     assert embedded.restoration.stage1.max_iters < full.restoration.stage1.max_iters
     # Knobs the overlay does not name are the recipe's.
-    assert embedded.restoration.stage1.lr_mult == full.restoration.stage1.lr_mult  # the recipe's freezing is kept
+    # The embedded stand-in trains all but the flow network (README, "The restorer"); the recipe freezes the front half.
+    assert embedded.restoration.stage1.lr_mult == {**full.restoration.stage1.lr_mult, "feat_extract": 1.0,
+                                                   "deform_align": 1.0, "backbone": 1.0}
     assert embedded.restoration.stage2.perceptual_weight == full.restoration.stage2.perceptual_weight
     assert embedded.mosaic == full.mosaic
     assert embedded.data.model_copy(update={"workers": full.data.workers}) == full.data

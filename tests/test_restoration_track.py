@@ -101,7 +101,7 @@ def test_training_curves_and_samples_are_in_mlflow(track):
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples/stage1")]
     assert any(p.endswith(".png") for p in artifacts)
     assert run.data.tags["aubergine.stage"] == "stage1_checkpoint" and run.data.tags["data.input_hash"]
-    assert run.data.params["restoration.stage1.lr_mult.backbone"] == "0.0"
+    assert run.data.params["restoration.stage1.lr_mult.backbone"] == str(project.params().restoration.stage1.lr_mult["backbone"])
 
 
 def test_model_registered_as_challenger_and_loads_through_mlflow(track):
