@@ -19,6 +19,7 @@ help:
 	@echo "make demo   - set up (if needed) and materialize every asset on the embedded default"
 	@echo "make test   - set up (if needed) and run the test suite"
 	@echo "make dagster-ui / mlflow-ui / dvc-repro / bench"
+	@echo "make restoration-base - optional: the generic restoration base the frozen Stage-1 recipe needs (~6 min)"
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv

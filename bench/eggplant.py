@@ -4,7 +4,8 @@ with the report's own evaluation on val: region PSNR gain, low-pass region gain,
 pixels changed outside the regions and the temporal ratio; one grid per variant goes to `--out`.
 
     .venv/bin/python bench/eggplant.py                           # every variant below, in order
-    .venv/bin/python bench/eggplant.py --variants w32_all --iters 600
+    .venv/bin/python bench/eggplant.py --variants w16_nospy_scratch --iters 400,1000,1600   # scored at each
+    .venv/bin/python bench/eggplant.py --variants w16_nospy_scratch --iters 2300 --resume   # continue that run
     .venv/bin/python bench/eggplant.py --list
 
 Figures are measured in one run (the machine is shared and noisy: compare variants of the same run).
@@ -97,7 +98,7 @@ def run_variant(name: str, overrides: dict, args, root: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=None, help="comma-separated (default: every variant whose start weights exist)")
     parser.add_argument("--iters", default="400", help="iterations, or a growing list (400,800): scored at each")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1)
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:22s} {about}")
         return 0
     args.iters = sorted(int(i) for i in str(args.iters).split(","))
+    if args.variants is None:
+        ready = [n for n, (o, _) in VARIANTS.items() if not o.get("init_from") or Path(o["init_from"]).is_file()]
+        for name in VARIANTS.keys() - set(ready):
+            print(f"{name}: skipped, {VARIANTS[name][0]['init_from']} missing (`make restoration-base` makes it)")
+        args.variants = ",".join(ready)
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for name in args.variants.split(","):

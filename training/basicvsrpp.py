@@ -142,6 +142,9 @@ class SPyNet(nn.Module):
         return flow * scale
 
 
+OFFSET_BOUND = 1e4  # px: beyond any input side, so a bounded offset samples only padding
+
+
 class SecondOrderDeformableAlignment(nn.Module):
     """Flow-guided deformable conv over [feat(t-1), feat(t-2)] with offsets predicted as residues of the flows.
 
@@ -177,7 +180,11 @@ class SecondOrderDeformableAlignment(nn.Module):
         # deform_conv2d wants (dy, dx) pairs; flows are (dx, dy), hence the flip.
         offset_1 = offset_1 + flow_1.flip(1).repeat(1, offset_1.size(1) // 2, 1, 1)
         offset_2 = offset_2 + flow_2.flip(1).repeat(1, offset_2.size(1) // 2, 1, 1)
-        offset = torch.cat([offset_1, offset_2], dim=1)
+        # A diverged model's NaN/inf offsets make torchvision's kernel index outside the input and kill the process
+        # (a segfault, seen when a deliberately diverged run reached the report); offsets are bounded far outside
+        # any frame instead, so a sane model's (finite, small) offsets -- and outputs -- are exactly Lada's.
+        offset = torch.nan_to_num(torch.cat([offset_1, offset_2], dim=1), nan=0.0, posinf=OFFSET_BOUND, neginf=-OFFSET_BOUND)
+        offset = offset.clamp(-OFFSET_BOUND, OFFSET_BOUND)
         return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, padding=(1, 1), mask=torch.sigmoid(mask))
 
 
