@@ -78,6 +78,30 @@ def init_store(params: Params) -> str:
     return tracking_uri(params)
 
 
+_ready_stores: set[str] = set()
+
+
+def ensure_store(params: Params) -> None:
+    """`init_store` under an exclusive file lock beside a SQLite store, once per process: two stages that start
+    together on a project whose store `aubergine tracking init` never made (the sensor's first run starts
+    `raw_clips` and `synthetic_scenes` at once) would otherwise both migrate the new file, and one fails in
+    alembic ("expected to match one row")."""
+    import fcntl
+
+    uri = tracking_uri(params)
+    if uri in _ready_stores or not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(f".{database.name}.init-lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            init_store(params)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    _ready_stores.add(uri)
+
+
 def experiment_id(params: Params, track: str) -> str:
     mlflow = _mlflow(params)
     name = f"{EXPERIMENT_PREFIX}-{track}"
@@ -114,6 +138,7 @@ def stage_run(
     if not params.mlflow.enabled:
         yield None
         return
+    ensure_store(params)
     mlflow = _mlflow(params)
     tags = {
         "aubergine.stage": stage,
