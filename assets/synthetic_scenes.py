@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -52,24 +51,6 @@ MARGIN = 0.04  # boxes keep this share of the frame's width from its edges
 CATEGORIES = [{"id": 1, "name": "face"}, {"id": 2, "name": "plate"}]
 CLIP_PATTERN = "scene_{index:03d}.mp4"
 SIDECAR_SUFFIX = ".coco.json"
-
-
-@dataclass(frozen=True)
-class SceneSettings:
-    """What `render_scenes` needs of `orchestration.config.SyntheticScenesParams` (same fields)."""
-
-    count: int = 40
-    frames: int = 24
-    fps: float = 24.0
-    width: int = 320
-    height: int = 240
-    face_width: tuple[float, float] = (0.2, 0.34)  # face box width / frame width, at the clip's start
-    plate_width: tuple[float, float] = (0.24, 0.4)
-    plate_aspect: tuple[float, float] = (2.0, 4.0)
-    zoom: float = 0.25  # the camera's zoom changes by up to this share over a clip
-    pan: float = 0.25  # ... and its centre moves by up to this share of the frame width
-    drift: float = 0.12  # each region moves on its own by up to this share of the frame width
-    val_fraction: float = 0.25
 
 
 def _picture(name: str) -> np.ndarray:
@@ -119,9 +100,10 @@ def _paste(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, left: int, top
     frame[y0:y1, x0:x1] = a * rgb[y0 - top:y1 - top, x0 - left:x1 - left] + (1 - a) * frame[y0:y1, x0:x1]
 
 
-def render_clip(index: int, person: dict, picture: str, settings: SceneSettings, seed: int
+def render_clip(index: int, person: dict, picture: str, settings, seed: int
                 ) -> tuple[list[np.ndarray], list[list[dict]], dict]:
-    """(frames RGB uint8, per-frame boxes [{category, bbox}], facts) of clip `index`."""
+    """(frames RGB uint8, per-frame boxes [{category, bbox}], facts) of clip `index`; `settings` is an
+    `orchestration.config.SyntheticScenesParams` (its fields say what each knob does)."""
     s = settings
     W, H = s.width, s.height
     rng = np.random.default_rng([seed, index, SALT])
@@ -200,9 +182,10 @@ def sidecar(boxes: Sequence[Sequence[dict]], width: int, height: int) -> dict:
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}
 
 
-def render_scenes(people_index: Path, out_dir: Path, settings: SceneSettings, seed: int,
+def render_scenes(people_index: Path, out_dir: Path, settings, seed: int,
                   encoder: EncoderSettings, sidecar_suffix: str = SIDECAR_SUFFIX, progress=None) -> dict:
-    """Write `settings.count` clips with sidecars under `out_dir/clips` and return the manifest (also written)."""
+    """Write `settings.count` clips with sidecars under `out_dir/clips` and return the manifest (also written);
+    `settings` as in `render_clip`."""
     out_dir = Path(out_dir)
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +213,7 @@ def render_scenes(people_index: Path, out_dir: Path, settings: SceneSettings, se
             if progress is not None:
                 progress(index + 1, settings.count)
     manifest = {"clips": rows, "counts": {s: sum(r["split"] == s for r in rows) for s in ("train", "val")},
-                "settings": {k: v for k, v in settings.__dict__.items()}}
+                "settings": settings.model_dump()}
     write_json(out_dir / "manifest.json", manifest)
     return manifest
 

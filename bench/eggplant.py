@@ -27,29 +27,22 @@ sys.path.insert(0, str(ROOT))  # before bench/ itself, whose evaluation.py would
 FROZEN = {"spynet": 0.0, "feat_extract": 0.0, "deform_align": 0.0, "backbone": 0.0}
 BASE = "data/models/restoration-base/generator.pth"
 # name: (TrainSettings overrides, what it tries)
+SMALL = dict(mid_channels=16, num_blocks=2, lr=5e-4)
+NOSPY = dict(SMALL, lr_mult={"spynet": 0.0})  # every module trains but the (random) flow network: the default
 VARIANTS: dict[str, tuple[dict, str]] = {
-    "w16_frozen_base": (dict(mid_channels=16, num_blocks=2, init_from=BASE, lr_mult=FROZEN, lr=5e-4),
+    "w16_frozen_base": (dict(SMALL, init_from=BASE, lr_mult=FROZEN),
                         "the previous demo recipe: 16 ch / 2 blocks on the set-up base, front half frozen"),
-    "w16_all_base": (dict(mid_channels=16, num_blocks=2, init_from=BASE, lr_mult={}, lr=5e-4),
-                     "16 ch on the set-up base, nothing frozen"),
-    "w16_all_scratch": (dict(mid_channels=16, num_blocks=2, lr_mult={}, lr=5e-4),
-                        "16 ch from scratch, nothing frozen"),
-    "w32_all_scratch": (dict(mid_channels=32, num_blocks=2, lr_mult={}, lr=5e-4),
-                        "32 ch from scratch, nothing frozen"),
-    "w16_nospy_scratch": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4),
-                          "16 ch from scratch, everything but the (random) flow network trains"),
-    "w32_nospy_scratch": (dict(mid_channels=32, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4),
-                          "32 ch from scratch, everything but the (random) flow network trains"),
-    "w16_nospy_rw10": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, region_loss_weight=10.0),
-                       "16 ch from scratch, flow network frozen, region weight 10"),
-    "w32_nospy_rw10": (dict(mid_channels=32, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, region_loss_weight=10.0),
+    "w16_all_base": (dict(SMALL, init_from=BASE, lr_mult={}), "16 ch on the set-up base, nothing frozen"),
+    "w16_all_scratch": (dict(SMALL, lr_mult={}), "16 ch from scratch, nothing frozen"),
+    "w32_all_scratch": (dict(SMALL, mid_channels=32, lr_mult={}), "32 ch from scratch, nothing frozen"),
+    "w16_nospy_scratch": (NOSPY, "16 ch from scratch, everything but the (random) flow network trains"),
+    "w32_nospy_scratch": (dict(NOSPY, mid_channels=32), "32 ch from scratch, everything but the (random) flow network trains"),
+    "w16_nospy_rw10": (dict(NOSPY, region_loss_weight=10.0), "16 ch from scratch, flow network frozen, region weight 10"),
+    "w32_nospy_rw10": (dict(NOSPY, mid_channels=32, region_loss_weight=10.0),
                        "32 ch from scratch, flow network frozen, region weight 10"),
-    "w16_nospy_lr1e-3": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=1e-3),
-                         "16 ch from scratch, flow network frozen, lr 1e-3"),
-    "w16_nospy_rw6": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, region_loss_weight=6.0),
-                      "16 ch from scratch, flow network frozen, region weight 6"),
-    "w16_nospy_8f": (dict(mid_channels=16, num_blocks=2, lr_mult={"spynet": 0.0}, lr=5e-4, num_frame=8),
-                     "16 ch from scratch, flow network frozen, 8-frame windows"),
+    "w16_nospy_lr1e-3": (dict(NOSPY, lr=1e-3), "16 ch from scratch, flow network frozen, lr 1e-3"),
+    "w16_nospy_rw6": (dict(NOSPY, region_loss_weight=6.0), "16 ch from scratch, flow network frozen, region weight 6"),
+    "w16_nospy_8f": (dict(NOSPY, num_frame=8), "16 ch from scratch, flow network frozen, 8-frame windows"),
 }
 KEYS = ("psnr_region_gain_db", "lowpass_region_gain_db", "purple_iou", "green_iou", "changed_outside_share",
         "temporal_ratio")

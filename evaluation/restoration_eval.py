@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from assets import contact_sheet
 from assets.lada_meta import RestorationDataset
+from assets.synthetic_scenes import is_synthetic
 from assets.tracks import unpad
 from evaluation.eggplant_visibility import Visibility
 from evaluation.restoration_metrics import _Accumulator, _frame_stats
@@ -91,7 +92,7 @@ def grid_order(items: list, root: str | Path) -> list[int]:
     for k, item in enumerate(items):
         by_kind.setdefault(kinds.get(item.meta_path.stem, ""), []).append(k)
     for positions in by_kind.values():
-        positions.sort(key=lambda k: (items[k].meta_path.stem.startswith("synthetic__"), k))
+        positions.sort(key=lambda k: (is_synthetic(items[k].meta["name"]), k))
     order, queues = [], [list(q) for _, q in sorted(by_kind.items())]
     while any(queues):
         for queue in queues:

@@ -59,16 +59,15 @@ def pinned_splits() -> dict[str, str]:
 def run_synthetic_scenes(params: Params) -> StageOutput:
     from tqdm import tqdm
 
-    from assets.synthetic_scenes import SceneSettings, clip_id_of, render_scenes
+    from assets.synthetic_scenes import clip_id_of, render_scenes
 
     sc = params.synthetic_scenes
-    settings = SceneSettings(**{k: v for k, v in sc.model_dump().items() if k != "people_index"})
     people = Path(sc.people_index)
     if sc.count and not people.is_file():
         raise StageInputError(f"{people}: synthetic people missing (synthetic_scenes.people_index); run `make setup`")
     with atomic_dir(SYNTHETIC_SCENES) as tmp:
         bar = tqdm(total=sc.count, desc="synthetic_scenes", unit="clip", disable=None)
-        manifest = render_scenes(people, tmp, settings, params.seed, encoder(params), params.detection.sidecar_suffix,
+        manifest = render_scenes(people, tmp, sc, params.seed, encoder(params), params.detection.sidecar_suffix,
                                  progress=lambda done, total: bar.update(1))
         bar.close()
         rows = []

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from assets.detect import SidecarCoco
-from assets.synthetic_scenes import SceneSettings, VAL_PICTURES, clip_id_of, is_synthetic, render_scenes
+from assets.synthetic_scenes import VAL_PICTURES, clip_id_of, is_synthetic, render_scenes
 from assets.video import EncoderSettings, probe_video, read_frames
+from orchestration.config import SyntheticScenesParams
 from tests.conftest import PEOPLE
 
 
 def test_scenes_hold_a_face_and_a_plate_inside_the_frame_in_both_splits(tmp_path):
     if not PEOPLE.is_file():
         pytest.fail(f"{PEOPLE}: not provisioned; run `make setup`")
-    settings = SceneSettings(count=4, frames=10, width=160, height=120, val_fraction=0.25)
+    settings = SyntheticScenesParams(count=4, frames=10, width=160, height=120, val_fraction=0.25)
     manifest = render_scenes(PEOPLE, tmp_path, settings, seed=7, encoder=EncoderSettings(preset="ultrafast", threads=1))
     assert manifest["counts"] == {"train": 3, "val": 1}
     people = json.loads(PEOPLE.read_text())
